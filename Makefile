@@ -1,0 +1,32 @@
+# world_model_ctrl — the two commands: `make demo` and `make test` (both set up first).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test colcon bench-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt src/room_sim/setup.py src/world_model_ctrl/setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check pip==26.3
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e src/room_sim -e src/world_model_ctrl
+	touch $@
+
+demo: setup
+	$(VENV)/bin/wmc demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+colcon: setup
+	cd ros2_ws && ../$(VENV)/bin/colcon build
+
+bench-deps: setup
+	$(VENV)/bin/pip install -q -r requirements-bench.txt
+
+clean:
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log out

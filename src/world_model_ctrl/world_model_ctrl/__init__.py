@@ -1,0 +1,1 @@
+"""world_model_ctrl: learned world-model control from a camera."""
