@@ -1,0 +1,177 @@
+"""ROS 2 node around the ROS-free RoomWorld: commands in, camera frames and rewards out.
+
+Modes:
+  realtime  steps on a timer at ``rate_hz`` with the latest command (zero after ``cmd_timeout``).
+  lockstep  one step per received command, publishes /clock (sim time), as fast as the consumer.
+"""
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32, Header
+from std_srvs.srv import Trigger
+
+from room_sim.world import RoomWorld, WorldConfig
+
+# ROS parameter name -> WorldConfig field (only scalars; ``goal`` is an optional double array).
+WORLD_PARAMS = {
+    'room_size': 2.0, 'wall': 0.1, 'dt': 0.1, 'max_speed': 0.5, 'success_radius': 0.1,
+    'image_size': 64, 'noise_std': 0.0, 'random_goal': False,
+}
+
+
+def time_from_ns(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+class RoomSimNode(Node):
+    """Publishes camera/image_raw, reward, room_sim/pose, room_sim/goal; takes cmd_vel."""
+
+    def __init__(self, **kwargs):
+        super().__init__('room_sim', **kwargs)
+        for name, default in WORLD_PARAMS.items():
+            self.declare_parameter(name, default)
+        self.declare_parameter('goal', Parameter.Type.DOUBLE_ARRAY)
+        self.declare_parameter('seed', 0)
+        self.declare_parameter('mode', 'realtime')
+        self.declare_parameter('rate_hz', 10.0)
+        self.declare_parameter('cmd_timeout', 0.5)
+        self.declare_parameter('cmd_vel_stamped', False)
+        self.declare_parameter('frame_id', 'room')
+        self.declare_parameter('republish_period', 0.5)
+        self.declare_parameter('qos_depth', 100)
+        p = self.get_parameter
+        try:
+            goal = p('goal').value      # unset = room centre
+        except ParameterUninitializedException:
+            goal = None
+        cfg = WorldConfig(goal=list(goal) if goal else None,
+                          **{k: p(k).value for k in WORLD_PARAMS})
+        self.mode = p('mode').value
+        if self.mode not in ('realtime', 'lockstep'):
+            raise ValueError(f"mode must be 'realtime' or 'lockstep', got {self.mode!r}")
+        self.frame_id = p('frame_id').value
+        self.cmd_timeout = p('cmd_timeout').value
+        self.world = RoomWorld(cfg, seed=p('seed').value)
+
+        qos = QoSProfile(depth=p('qos_depth').value)
+        self.pub_image = self.create_publisher(Image, 'camera/image_raw', qos)
+        self.pub_reward = self.create_publisher(Float32, 'reward', qos)
+        self.pub_pose = self.create_publisher(PoseStamped, 'room_sim/pose', qos)
+        self.pub_goal = self.create_publisher(PoseStamped, 'room_sim/goal', qos)
+        self.pub_episode = self.create_publisher(Header, 'room_sim/episode_start', qos)
+        self.pub_clock = self.create_publisher(Clock, '/clock', 10) if self.mode == 'lockstep' \
+            else None
+        stamped = p('cmd_vel_stamped').value
+        self.create_subscription(TwistStamped if stamped else Twist, 'cmd_vel',
+                                 self.on_cmd, 10)
+        self.create_service(Trigger, 'room_sim/reset', self.on_reset)
+        self.add_on_set_parameters_callback(self.on_params)
+
+        self.cmd = np.zeros(2)
+        self.cmd_time = None
+        self.sim_ns = 0           # lockstep sim time: steps * dt, monotonic across episodes
+        self.last_stamp = None
+        self.new_episode = True
+        self.world.reset()
+        if self.mode == 'realtime':
+            self.create_timer(1.0 / p('rate_hz').value, self.on_tick)
+        else:
+            self.create_timer(p('republish_period').value, self.on_republish)
+            self.last_publish = self.get_clock().now()
+            self.publish_frame()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_params(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+        for prm in params:
+            if prm.name == 'seed':   # takes effect at the next reset
+                self.world.rng = np.random.default_rng(prm.value)
+        return SetParametersResult(successful=True)
+
+    def on_cmd(self, msg):
+        twist = msg.twist if isinstance(msg, TwistStamped) else msg
+        cmd = np.array([twist.linear.x, twist.linear.y])
+        if not np.all(np.isfinite(cmd)):
+            self.get_logger().warn(f'ignoring non-finite command {cmd}')
+            return
+        self.cmd, self.cmd_time = cmd, self.get_clock().now()
+        if self.mode == 'lockstep':
+            self.world.step(self.cmd)
+            self.sim_ns += int(round(self.world.cfg.dt * 1e9))
+            self.publish_frame()
+
+    def on_reset(self, request, response):
+        self.world.reset()
+        self.cmd, self.cmd_time = np.zeros(2), None
+        self.new_episode = True
+        if self.mode == 'lockstep':
+            self.sim_ns += int(round(self.world.cfg.dt * 1e9))
+        self.publish_frame()
+        response.success = True
+        response.message = (f'episode {self.world.episode} start '
+                            f'{self.world.pos[0]:.3f} {self.world.pos[1]:.3f}')
+        return response
+
+    # -- stepping --------------------------------------------------------------------------
+    def on_tick(self):
+        stale = self.cmd_time is None or \
+            (self.get_clock().now() - self.cmd_time).nanoseconds > self.cmd_timeout * 1e9
+        self.world.step(np.zeros(2) if stale else self.cmd)   # a timed-out command brakes
+        self.publish_frame()
+
+    def on_republish(self):
+        # Lockstep: a lost frame would stall the consumer forever, so resend it (same stamp).
+        if (self.get_clock().now() - self.last_publish).nanoseconds > 0.5e9:
+            self.publish_frame(repeat=True)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def publish_frame(self, repeat: bool = False):
+        if not repeat:
+            if self.mode == 'lockstep':
+                self.last_stamp = time_from_ns(self.sim_ns)
+                self.pub_clock.publish(Clock(clock=self.last_stamp))
+            else:
+                self.last_stamp = self.get_clock().now().to_msg()
+        stamp, w = self.last_stamp, self.world
+        if self.new_episode and not repeat:
+            self.pub_episode.publish(Header(stamp=stamp, frame_id=str(w.episode)))
+            self.new_episode = False
+        header = Header(stamp=stamp, frame_id=self.frame_id)
+        self.pub_reward.publish(Float32(data=w.reward()))
+        for pub, xy in ((self.pub_pose, w.pos), (self.pub_goal, w.goal)):
+            msg = PoseStamped(header=header)
+            msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
+            msg.pose.orientation.w = 1.0
+            pub.publish(msg)
+        frame = w.render()
+        img = Image(header=header, height=frame.shape[0], width=frame.shape[1],
+                    encoding='rgb8', is_bigendian=0, step=frame.shape[1] * 3)
+        img.data = frame.tobytes()
+        self.pub_image.publish(img)
+        if self.mode == 'lockstep':
+            self.last_publish = self.get_clock().now()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RoomSimNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,98 @@
+"""Recorder node: subscribe to any topics and write them to a rosbag2 (mcap or sqlite3).
+
+Messages are taken serialised (raw) and written untouched with their receive time on the wall
+clock, as `ros2 bag record` does by default. SIGINT or SIGTERM closes the bag cleanly after
+draining what is already queued.
+
+    recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
+"""
+import importlib
+import signal
+import time
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
+
+from world_model_ctrl.bag_writer import BagWriter
+
+
+def import_msg(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    pkg, _, name = msgtype.split('/')
+    return getattr(importlib.import_module(f'{pkg}.msg'), name)
+
+
+class RecorderNode(Node):
+    """Writes every message on ``topics`` to the bag at ``output``."""
+
+    def __init__(self, **kwargs):
+        super().__init__('recorder', **kwargs)
+        self.declare_parameter('output', 'rosbag2_out')
+        self.declare_parameter('storage', 'mcap')
+        self.declare_parameter('topics', ['/camera/image_raw', '/reward', '/cmd_vel'])
+        # Optional 'topic:pkg/msg/Type' pairs; other topics get their type from the graph.
+        self.declare_parameter('types', [''])
+        self.declare_parameter('qos_depth', 1000)
+        p = self.get_parameter
+        self.writer = BagWriter(p('output').value, p('storage').value)
+        self.qos = QoSProfile(depth=p('qos_depth').value)
+        self.types = dict(t.rsplit(':', 1) for t in p('types').value if t)
+        # Subscribe in the order given: with a backlog, rclpy's executor takes ready
+        # subscriptions in creation order, so commands listed before images keep causal order.
+        self.pending = [self.resolve_topic_name(t) for t in p('topics').value]
+        self.create_timer(0.05, self.subscribe_pending)
+        self.subscribe_pending()
+
+    def subscribe_pending(self):
+        graph = dict(self.get_topic_names_and_types())
+        still = []
+        for topic in self.pending:
+            msgtype = self.types.get(topic) or (graph.get(topic) or [None])[0]
+            if msgtype is None:
+                still.append(topic)      # not advertised yet: try again on the next tick
+                continue
+            self.writer.add_topic(topic, msgtype)
+            self.create_subscription(import_msg(msgtype), topic, self._callback(topic),
+                                     self.qos, raw=True)
+            self.get_logger().info(f'recording {topic} [{msgtype}]')
+        self.pending = still
+
+    def _callback(self, topic):
+        def write(data: bytes):
+            self.writer.write(topic, time.time_ns(), data)
+        return write
+
+    @property
+    def ready(self) -> bool:
+        return not self.pending
+
+
+def main(args=None):
+    # Own the signals: rclpy's default handler would shut the context before the bag is closed.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    node = RecorderNode()
+    try:
+        while not stop:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        # Drain what DDS has already delivered before closing: nothing received is lost.
+        deadline = time.monotonic() + 3.0
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 0.3 and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+            if sum(node.writer.counts.values()) != last:
+                last, quiet_since = sum(node.writer.counts.values()), time.monotonic()
+    finally:
+        node.writer.close()
+        total = sum(node.writer.counts.values())
+        node.get_logger().info(f'closed {node.writer.path} with {total} messages')
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,125 @@
+"""room_sim node over real DDS in an isolated domain (the sim runs as its own process)."""
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32, Header
+from std_srvs.srv import Trigger
+
+from rosutil import call, spin_until
+from world_model_ctrl.procs import NodeGroup, NodeSpec
+
+
+class Probe:
+    """Collects what the sim publishes."""
+
+    def __init__(self, node):
+        self.node = node
+        self.images, self.rewards, self.poses, self.episodes = [], [], [], []
+        node.create_subscription(Image, 'camera/image_raw', self.images.append,
+                                 qos_profile_sensor_data)
+        node.create_subscription(Float32, 'reward', self.rewards.append, 10)
+        node.create_subscription(PoseStamped, 'room_sim/pose', self.poses.append, 10)
+        node.create_subscription(Header, 'room_sim/episode_start', self.episodes.append, 10)
+
+    def pos(self, i=-1):
+        p = self.poses[i].pose.position
+        return np.array([p.x, p.y])
+
+
+def stamp(msg):
+    s = msg.stamp if isinstance(msg, Header) else msg.header.stamp
+    return s.sec + s.nanosec * 1e-9
+
+
+@pytest.fixture
+def sim(ros_node):
+    def start(**params):
+        group = NodeGroup()
+        group.start(NodeSpec('room_sim.node', params))
+        return group
+    groups = []
+    yield lambda **p: groups.append(start(**p)) or groups[-1]
+    for g in groups:
+        g.stop_all()
+
+
+def test_lockstep_command_gives_next_frame_and_reward(ros_node, sim):
+    sim(mode='lockstep', seed=3)
+    probe = Probe(ros_node)
+    reset = ros_node.create_client(Trigger, 'room_sim/reset')
+    pub = ros_node.create_publisher(Twist, 'cmd_vel', 10)
+    spin_until(ros_node, lambda: pub.get_subscription_count() > 0, what='sim subscription')
+    resp = call(ros_node, reset, Trigger.Request())
+    assert resp.success and resp.message.startswith('episode')
+    spin_until(ros_node, lambda: probe.episodes and probe.images and probe.poses,
+               what='first frame')
+    first_img, p0 = probe.images[-1], probe.pos()
+    assert (first_img.height, first_img.width, first_img.encoding) == (64, 64, 'rgb8')
+    assert stamp(probe.episodes[-1]) == pytest.approx(stamp(first_img))
+    n = len(probe.images)
+    cmd = Twist()
+    cmd.linear.x, cmd.linear.y = 0.4, -0.3
+    pub.publish(cmd)
+    spin_until(ros_node, lambda: len(probe.images) > n and len(probe.poses) > n,
+               what='frame after command')
+    assert stamp(probe.images[-1]) == pytest.approx(stamp(first_img) + 0.1)
+    np.testing.assert_allclose(probe.pos() - p0, [0.04, -0.03], atol=1e-9)
+    goal = np.array([1.0, 1.0])
+    assert probe.rewards[-1].data == pytest.approx(-np.linalg.norm(probe.pos() - goal) / 2,
+                                                   abs=1e-6)
+    img = np.frombuffer(probe.images[-1].data, np.uint8).reshape(64, 64, 3)
+    assert not np.array_equal(img, np.frombuffer(first_img.data, np.uint8).reshape(64, 64, 3))
+
+
+def test_reset_starts_new_episode_at_new_random_start(ros_node, sim):
+    sim(mode='lockstep', seed=5)
+    probe = Probe(ros_node)
+    reset = ros_node.create_client(Trigger, 'room_sim/reset')
+    spin_until(ros_node, lambda: reset.service_is_ready(), what='reset service')
+    spin_until(ros_node, lambda: ros_node.count_publishers('/room_sim/pose') > 0,
+               what='pose publisher')
+    starts = []
+    for _ in range(3):
+        n = len(probe.poses)
+        call(ros_node, reset, Trigger.Request())
+        spin_until(ros_node, lambda: len(probe.poses) > n, what='pose after reset')
+        starts.append(probe.pos())
+    assert len({tuple(s) for s in starts}) == 3
+    ids = [int(h.frame_id) for h in probe.episodes]
+    assert ids == sorted(ids) and len(ids) >= 3
+
+
+def test_realtime_timeout_brakes_to_zero(ros_node, sim):
+    sim(mode='realtime', rate_hz=20.0, dt=0.05, cmd_timeout=0.3, seed=1)
+    probe = Probe(ros_node)
+    pub = ros_node.create_publisher(Twist, 'cmd_vel', 10)
+    spin_until(ros_node, lambda: len(probe.poses) > 3, what='realtime frames')
+    before = probe.pos()
+    spin_until(ros_node, lambda: pub.get_subscription_count() > 0, what='sim subscription')
+    cmd = Twist()
+    cmd.linear.x = -0.2 if before[0] > 1.0 else 0.2
+    pub.publish(cmd)                       # one command, then silence
+    n = len(probe.poses)
+    spin_until(ros_node, lambda: len(probe.poses) > n + 20, timeout=10, what='20 more frames')
+    moved = probe.pos() - before
+    # It moved while the command was fresh (about 0.3 s at 0.2 m/s = 0.06 m) and then stopped.
+    assert 0.02 <= abs(moved[0]) <= 0.10
+    last = [tuple(np.round([p.pose.position.x, p.pose.position.y], 9)) for p in probe.poses[-8:]]
+    assert len(set(last)) == 1
+
+
+def test_twist_stamped_parameter(ros_node, sim):
+    sim(mode='lockstep', seed=2, cmd_vel_stamped=True)
+    probe = Probe(ros_node)
+    pub = ros_node.create_publisher(TwistStamped, 'cmd_vel', 10)
+    spin_until(ros_node, lambda: pub.get_subscription_count() > 0, what='stamped subscription')
+    spin_until(ros_node, lambda: probe.poses, what='a pose (republished in lockstep)')
+    p0, n = probe.pos(), len(probe.poses)
+    cmd = TwistStamped()
+    cmd.twist.linear.y = 0.5
+    pub.publish(cmd)
+    spin_until(ros_node, lambda: len(probe.poses) > n and not np.allclose(probe.pos(), p0),
+               what='stamped command to move the robot')
+    np.testing.assert_allclose(probe.pos() - p0, [0.0, 0.05], atol=1e-9)
