@@ -8,7 +8,7 @@ from pathlib import Path
 
 from world_model_ctrl.procs import NodeGroup, NodeSpec, ros_env, wait_for
 
-# Recorded topics with their types. Commands come first: see RecorderNode on ordering.
+# Recorded topics with their types.
 COLLECT_TOPICS = {
     '/cmd_vel': 'geometry_msgs/msg/Twist',
     '/room_sim/episode_start': 'std_msgs/msg/Header',

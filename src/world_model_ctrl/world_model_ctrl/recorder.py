@@ -1,7 +1,7 @@
 """Recorder node: subscribe to any topics and write them to a rosbag2 (mcap or sqlite3).
 
-Messages are taken serialised (raw) and written untouched with their receive time on the wall
-clock, as `ros2 bag record` does by default. SIGINT or SIGTERM closes the bag cleanly after
+Messages are taken serialised (raw) and written untouched, stamped with the time the middleware
+received them (system clock, ns), as `ros2 bag record` does by default. SIGINT or SIGTERM closes the bag cleanly after
 draining what is already queued.
 
     recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
@@ -39,8 +39,6 @@ class RecorderNode(Node):
         self.writer = BagWriter(p('output').value, p('storage').value)
         self.qos = QoSProfile(depth=p('qos_depth').value)
         self.types = dict(t.rsplit(':', 1) for t in p('types').value if t)
-        # Subscribe in the order given: with a backlog, rclpy's executor takes ready
-        # subscriptions in creation order, so commands listed before images keep causal order.
         self.pending = [self.resolve_topic_name(t) for t in p('topics').value]
         self.create_timer(0.05, self.subscribe_pending)
         self.subscribe_pending()
@@ -60,8 +58,11 @@ class RecorderNode(Node):
         self.pending = still
 
     def _callback(self, topic):
-        def write(data: bytes):
-            self.writer.write(topic, time.time_ns(), data)
+        def write(data: bytes, info):
+            # The middleware's reception time, not the time Python got round to the message:
+            # with a backlog the executor takes topics in its own order, which would reorder
+            # e.g. a command and the frame it caused across topics.
+            self.writer.write(topic, info['received_timestamp'] or time.time_ns(), data)
         return write
 
     @property

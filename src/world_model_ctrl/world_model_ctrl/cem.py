@@ -1,0 +1,189 @@
+"""Cross-entropy method (CEM) planning over a learned latent model (theory.md section 2).
+
+ROS-free: the planner node gives it the belief q(z_t) and a batched `rollout_rewards`
+(the model's imagine + reward head) and publishes the first action of the result.
+
+    result = cem_plan(model_rollout_rewards, belief_mean, belief_std, CEMConfig())
+    result.action  # (A,) command to execute now
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Callable, Optional
+
+import torch
+
+# rollout_rewards(z0 (M, Z), actions (M, H, A)) -> rewards (M, H): reward of z_{t+k}, k = 1..H.
+RolloutRewards = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CEMConfig:
+    """Search budget and action bounds of the CEM planner."""
+
+    candidates: int = 300  # N: action sequences sampled per iteration
+    horizon: int = 12  # H: imagined steps per sequence
+    iterations: int = 6  # I: refits of the sampling Gaussian per plan
+    top_k: int = 30  # K: elite sequences the Gaussian is refit to
+    gamma: float = 0.99  # discount on r(z_{t+k}), k = 1..H
+    particles: int = 4  # P: latent samples z_t ~ q(z_t) each candidate is scored under
+    action_low: tuple = field(default_factory=lambda: (-0.5, -0.5))  # (A,) per-dim lower bound
+    action_high: tuple = field(default_factory=lambda: (0.5, 0.5))  # (A,) per-dim upper bound
+    init_std: float = 0.3  # std of the sampling Gaussian at the start of every plan
+    min_std: float = 0.05  # floor on the refit std, so the search never collapses to a point
+    warm_start: bool = True  # start from the previous plan shifted by one step (CEMPlanner)
+    device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...
+
+    def __post_init__(self):
+        self.action_low = tuple(float(v) for v in self.action_low)
+        self.action_high = tuple(float(v) for v in self.action_high)
+        if len(self.action_low) != len(self.action_high) or not self.action_low:
+            raise ValueError("action_low and action_high need the same, non-zero length")
+        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
+            raise ValueError("action_low must be below action_high in every dimension")
+        if min(self.candidates, self.horizon, self.particles, self.top_k) < 1:
+            raise ValueError("candidates, horizon, particles and top_k must be >= 1")
+        if self.top_k > self.candidates:
+            raise ValueError(f"top_k={self.top_k} exceeds candidates={self.candidates}")
+        if self.iterations < 0:
+            raise ValueError("iterations must be >= 0")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError("gamma must be in (0, 1]")
+        if self.init_std < 0.0 or self.min_std < 0.0:
+            raise ValueError("init_std and min_std must be >= 0")
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_low)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CEMConfig":
+        """Build from a YAML/ROS-parameter dict; unknown keys are an error, not ignored."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown CEMConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class CEMResult:
+    action: torch.Tensor  # (A,) first action of the final mean: execute this now
+    plan_mean: torch.Tensor  # (H, A) final sampling mean: the warm start of the next plan
+    plan_std: torch.Tensor  # (H, A) final sampling std
+    predicted_return: float  # mean discounted return of the last elites (nan if no iteration)
+    iterations: int  # iterations actually run
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; anything else is taken as a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def shift_plan(plan_mean: torch.Tensor, action_dim: int, pad: str = "repeat") -> torch.Tensor:
+    """Warm start for the next control step: drop the executed first action, pad the end.
+
+    plan_mean is (H, A) or flat (H*A,); returns (H, A). 'repeat' copies the last action
+    (a robot that was driving keeps driving), 'zero' appends a stop command.
+    """
+    plan = plan_mean.reshape(-1, action_dim)  # (H, A)
+    if pad == "repeat":
+        tail = plan[-1:]  # (1, A)
+    elif pad == "zero":
+        tail = torch.zeros_like(plan[-1:])
+    else:
+        raise ValueError(f"pad must be 'repeat' or 'zero', not {pad!r}")
+    return torch.cat([plan[1:], tail], dim=0)  # (H, A)
+
+
+def _randn(shape, generator, device) -> torch.Tensor:
+    # A torch.Generator is tied to one device: draw there, then move, so a cpu-seeded
+    # generator gives the same numbers whatever device the search runs on.
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+@torch.no_grad()
+def cem_plan(
+    rollout_rewards: RolloutRewards,
+    belief_mean: torch.Tensor,
+    belief_std: torch.Tensor,
+    cfg: CEMConfig,
+    init_mean: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> CEMResult:
+    """Maximise E[sum_k gamma^k r(z_{t+k})] over an action sequence with CEM.
+
+    belief_mean, belief_std: (Z,) diagonal Gaussian q(z_t). init_mean: (H, A) warm start
+    (default: middle of the action box). One rollout_rewards call per iteration with
+    M = N*P rows: every candidate under every particle, batched.
+    """
+    device = resolve_device(cfg.device)
+    N, H, K, P, A = cfg.candidates, cfg.horizon, cfg.top_k, cfg.particles, cfg.action_dim
+    low = torch.tensor(cfg.action_low, device=device)  # (A,)
+    high = torch.tensor(cfg.action_high, device=device)  # (A,)
+    mu = belief_mean.to(device=device, dtype=torch.float32).reshape(-1)  # (Z,)
+    sigma = belief_std.to(device=device, dtype=torch.float32).reshape(-1)  # (Z,)
+    Z = mu.shape[0]
+
+    if init_mean is None:
+        mean = ((low + high) / 2).expand(H, A).clone()  # (H, A)
+    else:
+        mean = init_mean.to(device=device, dtype=torch.float32).reshape(H, A)
+        mean = torch.clamp(mean, low, high)
+    std = torch.full((H, A), cfg.init_std, device=device)  # (H, A)
+    discount = cfg.gamma ** torch.arange(1, H + 1, device=device, dtype=torch.float32)  # (H,)
+
+    predicted_return = float("nan")
+    for _ in range(cfg.iterations):
+        eps = _randn((N, H, A), generator, device)
+        actions = torch.clamp(mean + std * eps, low, high)  # (N, H, A)
+        # The same P particles for every candidate (common random numbers): candidates
+        # are ranked on their actions, not on which latent draws they happened to get.
+        z0 = mu + sigma * _randn((P, Z), generator, device)  # (P, Z)
+        z0_rows = z0.expand(N, P, Z).reshape(N * P, Z)  # (M, Z)
+        action_rows = actions.unsqueeze(1).expand(N, P, H, A).reshape(N * P, H, A)  # (M, H, A)
+
+        rewards = rollout_rewards(z0_rows, action_rows)  # (M, H)
+        returns = (rewards.reshape(N, P, H).float() * discount).sum(-1).mean(1)  # (N,)
+
+        top_returns, top_idx = torch.topk(returns, K)  # (K,)
+        elites = actions[top_idx]  # (K, H, A)
+        mean = elites.mean(0)  # (H, A)
+        std = elites.std(0, unbiased=False).clamp_min(cfg.min_std)  # (H, A)
+        predicted_return = top_returns.mean()  # stays a tensor: no device sync per iteration
+
+    return CEMResult(
+        action=torch.clamp(mean[0], low, high),
+        plan_mean=mean,
+        plan_std=std,
+        predicted_return=float(predicted_return),
+        iterations=cfg.iterations,
+    )
+
+
+class CEMPlanner:
+    """Receding-horizon CEM: remembers the last plan and warm-starts the next one from it."""
+
+    def __init__(self, cfg: Optional[CEMConfig] = None, generator=None):
+        self.cfg = cfg if cfg is not None else CEMConfig()
+        self.device = resolve_device(self.cfg.device)
+        self.generator = generator
+        self.prev_plan: Optional[torch.Tensor] = None  # (H, A) plan_mean of the last call
+
+    def plan(self, rollout_rewards: RolloutRewards, belief_mean, belief_std) -> CEMResult:
+        init = None
+        if self.cfg.warm_start and self.prev_plan is not None:
+            init = shift_plan(self.prev_plan, self.cfg.action_dim)  # (H, A)
+        result = cem_plan(rollout_rewards, belief_mean, belief_std, self.cfg,
+                          init_mean=init, generator=self.generator)
+        self.prev_plan = result.plan_mean
+        return result
+
+    def reset(self):
+        """Forget the previous plan (new episode, or inputs went stale)."""
+        self.prev_plan = None

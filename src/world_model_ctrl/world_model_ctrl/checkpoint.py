@@ -1,0 +1,101 @@
+"""Self-describing checkpoints: weights + the resolved config + plain-python extras, one file.
+
+Loaded with ``weights_only=True``, so a checkpoint can never run code; that is also why
+config and extra are converted to plain Python (numpy scalars would not load back).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+_KEYS = ('format_version', 'kind', 'config', 'state_dict', 'extra')
+
+
+def _plain(obj, where: str):
+    """Recursively convert to types torch.load(weights_only=True) accepts; fail early if not."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f'{where}: dict key {k!r} must be str or int')
+            out[k] = _plain(v, f'{where}[{k!r}]')
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f'{where}[{i}]') for i, v in enumerate(obj)]
+    raise TypeError(f'{where}: {type(obj).__name__} is not storable in a checkpoint '
+                    f'(use plain python: numbers, strings, lists, dicts)')
+
+
+def save_checkpoint(path, kind: str, config: dict, state_dict, extra: Optional[dict] = None
+                    ) -> Path:
+    """Write {'format_version', 'kind', 'config', 'state_dict', 'extra'} atomically to ``path``."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f'checkpoint kind must be a non-empty string, got {kind!r}')
+    if not isinstance(config, dict):
+        raise TypeError(f'config must be a dict, got {type(config).__name__}')
+    path = Path(path)
+    payload = {
+        'format_version': FORMAT_VERSION,
+        'kind': kind,
+        'config': _plain(config, 'config'),
+        # detached CPU copies: loadable on any machine, never aliased to live parameters
+        'state_dict': {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        'extra': _plain(extra or {}, 'extra'),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # tmp file in the same directory so os.replace is an atomic rename: a reader (or a crash)
+    # never sees a half-written checkpoint
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path, kind: Optional[str]) -> dict:
+    """Read a checkpoint written by save_checkpoint; ``kind=None`` accepts any kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location='cpu')
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise ValueError(f'{path} is not a readable checkpoint: {type(e).__name__}: '
+                         f'{str(e).splitlines()[0] if str(e) else ""}') from None
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in _KEYS):
+        raise ValueError(f'{path} is not a world_model_ctrl checkpoint '
+                         f'(expected a dict with keys {list(_KEYS)})')
+    if ckpt['format_version'] not in SUPPORTED_VERSIONS:
+        raise ValueError(f'{path}: unsupported checkpoint format_version '
+                         f'{ckpt["format_version"]!r} (readable: {list(SUPPORTED_VERSIONS)})')
+    if kind is not None and ckpt['kind'] != kind:
+        raise ValueError(f'{path} holds a {ckpt["kind"]!r} checkpoint, expected {kind!r}')
+    return ckpt
+
+
+__all__ = ['save_checkpoint', 'load_checkpoint', 'FORMAT_VERSION']

@@ -1,0 +1,161 @@
+"""CEM planner: finds known optima, respects bounds, warm-starts, batches, is seedable."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from world_model_ctrl.cem import (CEMConfig, CEMPlanner, cem_plan, resolve_device,
+                                  shift_plan)
+
+DT = 1.0
+
+
+def linear_model(goal, calls=None):
+    """Toy latent model z_{k+1} = z_k + a_k*dt, reward -||z_{k+1} - goal||^2."""
+    def rollout_rewards(z0, actions):  # (M, Z), (M, H, A) -> (M, H)
+        if calls is not None:
+            calls.append((z0.clone(), actions.clone()))
+        z = z0.unsqueeze(1) + DT * actions.cumsum(1)  # (M, H, Z): z_{t+1..t+H}
+        return -((z - goal) ** 2).sum(-1)
+    return rollout_rewards
+
+
+def cfg(**kw):
+    base = dict(candidates=200, horizon=5, iterations=8, top_k=20, particles=1,
+                init_std=0.3, min_std=0.01, device="cpu")
+    base.update(kw)
+    return CEMConfig(**base)
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_finds_optimum_of_quadratic_reward():
+    # From z=0 the best plan reaches g in one step and then stays: a_0 = g/dt, a_k = 0.
+    # A short horizon: a diagonal Gaussian is slow along the a_0 + a_1 = g ridge of long ones.
+    goal = torch.tensor([0.3, -0.2])
+    c = cfg(horizon=3, iterations=10)
+    res = cem_plan(linear_model(goal), torch.zeros(2), torch.zeros(2), c, generator=seeded())
+    assert torch.allclose(res.action, goal / DT, atol=0.02), res.action
+    assert res.plan_mean.shape == (3, 2) and res.plan_std.shape == (3, 2)
+    assert res.predicted_return > -0.05  # optimum is 0: reached g and stayed
+
+
+def test_optimum_outside_bounds_sits_on_bound():
+    # The goal is out of reach: the best plan drives at the box corner every step.
+    goal = torch.tensor([5.0, -4.0])
+    calls = []
+    c = cfg(action_low=(-0.5, -0.4), action_high=(0.5, 0.4))
+    res = cem_plan(linear_model(goal, calls), torch.zeros(2), torch.zeros(2), c,
+                   generator=seeded())
+    assert torch.allclose(res.action, torch.tensor([0.5, -0.4]), atol=0.02), res.action
+    low, high = torch.tensor(c.action_low), torch.tensor(c.action_high)
+    assert ((res.plan_mean >= low) & (res.plan_mean <= high)).all()
+    for _, actions in calls:  # every candidate the model saw was inside the box
+        assert ((actions >= low) & (actions <= high)).all()
+
+
+def test_out_of_bounds_warm_start_is_clipped():
+    c = cfg(iterations=0)
+    res = cem_plan(linear_model(torch.zeros(2)), torch.zeros(2), torch.zeros(2), c,
+                   init_mean=torch.full((5, 2), 3.0))
+    assert torch.equal(res.action, torch.tensor([0.5, 0.5]))
+    assert math.isnan(res.predicted_return) and res.iterations == 0
+
+
+def test_discounted_return_counts_steps_one_to_h():
+    c = cfg(iterations=1, gamma=0.9, horizon=4)
+    res = cem_plan(lambda z, a: torch.ones(a.shape[:2]), torch.zeros(3), torch.zeros(3), c)
+    assert res.predicted_return == pytest.approx(sum(0.9 ** k for k in range(1, 5)))
+
+
+def test_shift_plan():
+    plan = torch.arange(8.0).reshape(4, 2)  # (H, A)
+    shifted = shift_plan(plan, 2)
+    assert torch.equal(shifted, torch.tensor([[2.0, 3], [4, 5], [6, 7], [6, 7]]))
+    assert torch.equal(shift_plan(plan.flatten(), 2), shifted)  # flat (H*A,) input
+    assert torch.equal(shift_plan(plan, 2, pad="zero")[-1], torch.zeros(2))
+    with pytest.raises(ValueError):
+        shift_plan(plan, 2, pad="wrap")
+
+
+def test_planner_warm_starts_from_shifted_previous_plan():
+    # Reward wants a different action at every step: a_k = (target_k, 0).
+    target = torch.linspace(-0.4, 0.4, 5)  # (H,)
+
+    def rollout(z0, actions):
+        return -((actions[..., 0] - target) ** 2 + actions[..., 1] ** 2)  # (M, H)
+
+    planner = CEMPlanner(cfg(iterations=10), generator=seeded())
+    first = planner.plan(rollout, torch.zeros(2), torch.zeros(2))
+    assert torch.allclose(first.plan_mean[:, 0], target, atol=0.05)
+    # No search on the next step: the action must come from the shifted plan alone.
+    planner.cfg = dataclasses.replace(planner.cfg, iterations=0)
+    second = planner.plan(rollout, torch.zeros(2), torch.zeros(2))
+    assert torch.equal(second.action, first.plan_mean[1])
+    assert torch.equal(second.plan_mean, shift_plan(first.plan_mean, 2))
+    # Without warm start (or after reset) it starts again from the middle of the box.
+    planner.reset()
+    assert torch.equal(planner.plan(rollout, torch.zeros(2), torch.zeros(2)).action,
+                       torch.zeros(2))
+    planner.plan(rollout, torch.zeros(2), torch.zeros(2))
+    planner.cfg = dataclasses.replace(planner.cfg, warm_start=False)
+    assert torch.equal(planner.plan(rollout, torch.zeros(2), torch.zeros(2)).action,
+                       torch.zeros(2))
+
+
+def test_rollout_is_one_batched_call_per_iteration_over_candidates_and_particles():
+    calls = []
+    c = cfg(candidates=50, top_k=5, particles=3, iterations=4, horizon=6)
+    mean, std = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([0.5, 0.5, 0.5])
+    cem_plan(linear_model(torch.zeros(3), calls), mean, std,
+             dataclasses.replace(c, action_low=(-1, -1, -1), action_high=(1, 1, 1)))
+    assert len(calls) == 4
+    for z0, actions in calls:
+        assert z0.shape == (150, 3) and actions.shape == (150, 6, 3)
+        z0, actions = z0.reshape(50, 3, 3), actions.reshape(50, 3, 6, 3)  # (N, P, ...)
+        # P distinct particles, each candidate under all of them; same particles for all.
+        assert torch.unique(z0[0], dim=0).shape[0] == 3
+        assert torch.equal(z0, z0[:1].expand_as(z0))
+        assert torch.equal(actions, actions[:, :1].expand_as(actions))
+
+
+def test_particles_are_deterministic_given_a_seed():
+    goal = torch.tensor([0.2, 0.1])
+    mean, std = torch.tensor([0.0, 0.1]), torch.tensor([0.3, 0.3])
+    c = cfg(particles=4, iterations=3)
+    a = cem_plan(linear_model(goal), mean, std, c, generator=seeded(7))
+    b = cem_plan(linear_model(goal), mean, std, c, generator=seeded(7))
+    d = cem_plan(linear_model(goal), mean, std, c, generator=seeded(8))
+    assert torch.equal(a.plan_mean, b.plan_mean) and a.predicted_return == b.predicted_return
+    assert not torch.equal(a.plan_mean, d.plan_mean)
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    c = CEMConfig.from_dict({"candidates": 10, "top_k": 2, "action_low": [-1, -1, -1],
+                             "action_high": [1, 1, 1]})
+    assert c.action_dim == 3 and c.action_low == (-1.0, -1.0, -1.0)
+    with pytest.raises(ValueError, match="candidate"):
+        CEMConfig.from_dict({"candidate": 10})
+    with pytest.raises(ValueError):
+        CEMConfig(candidates=10, top_k=20)
+    with pytest.raises(ValueError):
+        CEMConfig(action_low=(0.5, 0.5), action_high=(-0.5, 0.5))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda_with_cpu_belief():
+    goal = torch.tensor([0.3, -0.2], device="cuda")
+    c = cfg(horizon=3, iterations=10, device="cuda")
+    res = cem_plan(linear_model(goal), torch.zeros(2), torch.zeros(2), c, generator=seeded())
+    assert res.action.device.type == "cuda"
+    assert torch.allclose(res.action.cpu(), goal.cpu(), atol=0.02)
