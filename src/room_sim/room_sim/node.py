@@ -79,13 +79,14 @@ class RoomSimNode(Node):
         self.sim_ns = 0           # lockstep sim time: steps * dt, monotonic across episodes
         self.last_stamp = None
         self.new_episode = True
-        self.world.reset()
+        frame = self.world.reset()
         if self.mode == 'realtime':
             self.create_timer(1.0 / p('rate_hz').value, self.on_tick)
         else:
-            self.create_timer(p('republish_period').value, self.on_republish)
+            self.republish_ns = p('republish_period').value * 1e9
+            self.create_timer(p('republish_period').value / 2, self.on_republish)
             self.last_publish = self.get_clock().now()
-            self.publish_frame()
+            self.publish_frame(frame)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_params(self, params):
@@ -103,17 +104,17 @@ class RoomSimNode(Node):
             return
         self.cmd, self.cmd_time = cmd, self.get_clock().now()
         if self.mode == 'lockstep':
-            self.world.step(self.cmd)
+            frame, _, _ = self.world.step(self.cmd)
             self.sim_ns += int(round(self.world.cfg.dt * 1e9))
-            self.publish_frame()
+            self.publish_frame(frame)
 
     def on_reset(self, request, response):
-        self.world.reset()
+        frame = self.world.reset()
         self.cmd, self.cmd_time = np.zeros(2), None
         self.new_episode = True
         if self.mode == 'lockstep':
             self.sim_ns += int(round(self.world.cfg.dt * 1e9))
-        self.publish_frame()
+        self.publish_frame(frame)
         response.success = True
         response.message = (f'episode {self.world.episode} start '
                             f'{self.world.pos[0]:.3f} {self.world.pos[1]:.3f}')
@@ -123,16 +124,16 @@ class RoomSimNode(Node):
     def on_tick(self):
         stale = self.cmd_time is None or \
             (self.get_clock().now() - self.cmd_time).nanoseconds > self.cmd_timeout * 1e9
-        self.world.step(np.zeros(2) if stale else self.cmd)   # a timed-out command brakes
-        self.publish_frame()
+        frame, _, _ = self.world.step(np.zeros(2) if stale else self.cmd)   # timed out: brake
+        self.publish_frame(frame)
 
     def on_republish(self):
         # Lockstep: a lost frame would stall the consumer forever, so resend it (same stamp).
-        if (self.get_clock().now() - self.last_publish).nanoseconds > 0.5e9:
-            self.publish_frame(repeat=True)
+        if (self.get_clock().now() - self.last_publish).nanoseconds > self.republish_ns:
+            self.publish_frame(self.last_frame, repeat=True)
 
     # -- outputs ---------------------------------------------------------------------------
-    def publish_frame(self, repeat: bool = False):
+    def publish_frame(self, frame: np.ndarray, repeat: bool = False):
         if not repeat:
             if self.mode == 'lockstep':
                 self.last_stamp = time_from_ns(self.sim_ns)
@@ -150,7 +151,7 @@ class RoomSimNode(Node):
             msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
             msg.pose.orientation.w = 1.0
             pub.publish(msg)
-        frame = w.render()
+        self.last_frame = frame
         img = Image(header=header, height=frame.shape[0], width=frame.shape[1],
                     encoding='rgb8', is_bigendian=0, step=frame.shape[1] * 3)
         img.data = frame.tobytes()
