@@ -72,6 +72,21 @@ def test_discounted_return_counts_steps_one_to_h():
     assert res.predicted_return == pytest.approx(sum(0.9 ** k for k in range(1, 5)))
 
 
+def test_score_is_mean_over_particles():
+    # r_k = first latent coordinate of the particle: the score is E_q[z] * sum gamma^k.
+    seen = []
+
+    def rollout(z0, actions):
+        seen.append(z0)
+        return z0[:, :1].expand(-1, actions.shape[1])  # (M, H)
+
+    c = cfg(iterations=1, particles=5, gamma=0.9, horizon=3)
+    res = cem_plan(rollout, torch.zeros(2), torch.ones(2), c, generator=seeded(3))
+    particles = seen[0].reshape(c.candidates, c.particles, 2)[0, :, 0]  # (P,)
+    expected = particles.mean().item() * (0.9 + 0.81 + 0.729)
+    assert res.predicted_return == pytest.approx(expected, rel=1e-5)
+
+
 def test_shift_plan():
     plan = torch.arange(8.0).reshape(4, 2)  # (H, A)
     shifted = shift_plan(plan, 2)

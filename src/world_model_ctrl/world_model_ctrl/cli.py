@@ -51,6 +51,79 @@ def cmd_bag_info(a) -> int:
     return 0
 
 
+def _overrides(a, train_keys=('steps', 'batch_size', 'seq_len', 'lr', 'device', 'seed')) -> dict:
+    """CLI flags and --set section.key=value (YAML-parsed) -> a config overlay."""
+    import yaml
+    out: dict = {'model': {}, 'data': {}, 'train': {}}
+    for k in train_keys:
+        v = getattr(a, k, None)
+        if v is not None:
+            out['train'][k] = v
+    for item in a.set or []:
+        key, sep, value = item.partition('=')
+        section, _, name = key.partition('.')
+        if not sep or section not in out or not name:
+            raise ValueError(f'--set wants section.key=value with section model|data|train, '
+                             f'got {item!r}')
+        out[section][name] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train_ssm(a) -> int:
+    from world_model_ctrl.train_ssm import load_yaml, resolve_config, train
+    overlay = load_yaml(a.config) if a.config else None
+    cfg = resolve_config(a.preset, overlay, _overrides(a))
+    out = Path(a.out)
+    if out.exists() and not a.resume and not a.force:
+        raise FileExistsError(f'{out} exists; pass --resume to continue it or --force to '
+                              'start over')
+    summary = train(a.bags, out, cfg, resume=a.resume, log_dir=a.log_dir,
+                    cache_dir=a.cache_dir, progress=not a.no_progress)
+    _write_json(summary, a.json)
+    return 0
+
+
+def cmd_eval_ssm(a) -> int:
+    from world_model_ctrl.eval_ssm import eval_ssm
+    from world_model_ctrl.paths import default_checkpoint
+    from world_model_ctrl.train_ssm import resolve_device
+    ckpt = a.ckpt or default_checkpoint('ssm.pt')
+    horizons = [int(h) for h in a.horizons.split(',')]
+    result = eval_ssm(ckpt, a.bags, a.context, horizons, resolve_device(a.device),
+                      progress=not a.no_progress)
+    _write_json(result, a.json)
+    if a.json:
+        ol, cl = result['openloop_mse'], result['copy_last_mse']
+        print(f"elbo/frame {result['elbo_per_frame']:.1f} nats, recon mse "
+              f"{result['recon_mse']:.5f}, reward rmse {result['reward_rmse']:.4f} "
+              f"(std {result['reward_std']:.4f})", file=sys.stderr)
+        for h in ol:
+            print(f'  horizon {h:>2}: open-loop mse {ol[h]:.5f}  copy-last {cl[h]:.5f}',
+                  file=sys.stderr)
+    return 0
+
+
+def _add_train_args(p, default_out: str):
+    p.add_argument('--bags', nargs='+', required=True, help='rosbag2 directories or files')
+    p.add_argument('--out', default=default_out, help='checkpoint to write')
+    p.add_argument('--config', help='YAML overlay with model/data/train sections (and preset)')
+    p.add_argument('--preset', default='default', help='named preset: default, small, debug')
+    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE',
+                   help='override any config field, e.g. --set model.latent_dim=16')
+    p.add_argument('--steps', type=int)
+    p.add_argument('--batch-size', type=int)
+    p.add_argument('--seq-len', type=int)
+    p.add_argument('--lr', type=float)
+    p.add_argument('--device', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--seed', type=int)
+    p.add_argument('--resume', action='store_true', help='continue training --out')
+    p.add_argument('--force', action='store_true', help='overwrite an existing --out')
+    p.add_argument('--log-dir', help='TensorBoard run directory (default: next to --out)')
+    p.add_argument('--cache-dir', help='dataset cache directory (default: next to --out)')
+    p.add_argument('--json', help='write the training summary (throughput, metrics) here')
+    p.add_argument('--no-progress', action='store_true')
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='wmc', description='world_model_ctrl command line')
     sub = ap.add_subparsers(dest='command', required=True)
@@ -75,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('bag')
     p.add_argument('--json', nargs='?', const='-', help='JSON to stdout, or to a file')
     p.set_defaults(func=cmd_bag_info)
+
+    p = sub.add_parser('train-ssm', help='fit the sequential VAE world model on bags')
+    _add_train_args(p, 'checkpoints/ssm.pt')
+    p.set_defaults(func=cmd_train_ssm)
+
+    p = sub.add_parser('eval-ssm', help='held-out ELBO, open-loop prediction, reward error')
+    p.add_argument('--ckpt', help='SSM checkpoint (default: the shipped models/ssm.pt)')
+    p.add_argument('--bags', nargs='+', required=True)
+    p.add_argument('--json', help='write the metrics here (default: stdout)')
+    p.add_argument('--context', type=int, default=5, help='frames filtered before open loop')
+    p.add_argument('--horizons', default='1,5,10,15')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=cmd_eval_ssm)
     return ap
 
 

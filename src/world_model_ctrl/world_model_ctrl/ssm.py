@@ -86,7 +86,7 @@ class SSMConfig:
 # Named overlays on the dataclass defaults (DreamerV3-style). 'debug' is for tests and smoke runs.
 presets: dict[str, dict] = {
     'default': {},
-    'debug': dict(cnn_depth=4, embed_dim=32, gru_hidden=32, latent_dim=8, hidden=32,
+    'debug': dict(cnn_depth=8, embed_dim=64, gru_hidden=64, latent_dim=8, hidden=64,
                   free_nats=0.0, kl_balance=0.5, reward_scale=1.0),
 }
 
@@ -165,6 +165,7 @@ class Decoder(nn.Module):
         chans = [cfg.cnn_depth * 2 ** i for i in reversed(range(n))] + [cfg.channels]
         self.top = chans[0]
         self.fc = nn.Linear(cfg.latent_dim, self.top * 16)
+        self.norm = nn.LayerNorm(self.top * 16)
         layers = []
         for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
             layers.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1))
@@ -173,7 +174,7 @@ class Decoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z):                        # (N, Z)
-        h = F.silu(self.fc(z)).view(-1, self.top, 4, 4)
+        h = F.silu(self.norm(self.fc(z))).view(-1, self.top, 4, 4)
         return self.deconvs(h) + 0.5             # (N, C, S, S) pixel means; 0.5 = grey at init
 
 
@@ -249,6 +250,10 @@ class WorldModel(nn.Module):
     def step(self, h, image, prev_action):
         """One filtering update for a live stream; observe() is exactly this, repeated."""
         self._check_images(image, 1)
+        want = (image.shape[0], self.config.action_dim)
+        if tuple(prev_action.shape) != want:
+            raise ValueError(f'prev_action must be (B, A) = {want}, '
+                             f'got {tuple(prev_action.shape)}')
         if h is None:
             h = self.initial_state(image.shape[0], image.device)
         e = self.encoder(image)                                             # (B, E)
@@ -335,12 +340,14 @@ class WorldModel(nn.Module):
         kl_sum = kl_first + kl_rest.sum(1)                                               # (B,)
         elbo = (recon.sum(1) + rew.sum(1) - kl_sum) / T
 
-        # DreamerV2 balancing: alpha trains the prior towards q, (1 - alpha) regularises q.
-        # Scaled by 2 so that alpha = 0.5 is exactly the plain KL in value and gradient.
+        # DreamerV2 balancing: alpha of the gradient trains the prior towards q, (1 - alpha)
+        # pulls q towards the prior. Both terms have the KL's value; 2 * bal - sg(bal) keeps that
+        # value and doubles the gradient, so alpha = 0.5 is exactly the plain KL.
         fn, al = cfg.free_nats, cfg.kl_balance
         kl_prior = gaussian_kl(qm.detach(), qs.detach(), pm, ps).clamp(min=fn)
         kl_post = gaussian_kl(qm, qs, pm.detach(), ps.detach()).clamp(min=fn)
-        kl_loss = 2 * (al * kl_prior + (1 - al) * kl_post).sum(1)
+        bal = al * kl_prior + (1 - al) * kl_post                                        # (B, T-1)
+        kl_loss = (2 * bal - bal.detach()).sum(1)
         kl_loss = kl_loss + kl_first.clamp(min=fn)      # fixed N(0, I): nothing to balance
         loss = -(recon.sum(1) + cfg.reward_scale * rew.sum(1) - kl_loss) / T
 
