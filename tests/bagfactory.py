@@ -7,7 +7,7 @@ reward k is -k, so every pairing can be read back from the numbers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -77,7 +77,8 @@ class SynthBag:
         self.add(log_ns, topic, 'sensor_msgs/msg/CompressedImage', msg)
 
     def reward(self, log_ns: int, value: float, topic: str = '/reward') -> None:
-        self.add(log_ns, topic, 'std_msgs/msg/Float32', self._t('std_msgs/msg/Float32')(data=value))
+        msg = self._t('std_msgs/msg/Float32')(data=float(value))
+        self.add(log_ns, topic, 'std_msgs/msg/Float32', msg)
 
     def cmd(self, log_ns: int, vx: float = 0.0, vy: float = 0.0, wz: float = 0.0,
             stamped: bool = False, topic: str = '/cmd_vel') -> None:
@@ -117,18 +118,21 @@ def episode_bag(path, n: int = 20, storage: str = 'mcap', size: int = 8,
                 drop: Iterable[int] = (), duplicate: Iterable[int] = (),
                 markers: Iterable[int] = (), no_reward: Iterable[int] = (),
                 stamped: bool = False, stamp_of=frame_stamp) -> Path:
-    """Frames k = 0..n-1 at 10 Hz showing value k; command k = (k, 100 + k) logged 30 ms after
-    frame k; reward -k logged 2 ms after it. ``drop``: frames never published (commands still
-    are); ``duplicate``: re-sent 10 ms later with the same stamp and value 200; ``markers``:
-    episode-start markers for those frames; ``no_reward``: frames without a reward."""
+    """Frames k = 0..n-1 at 10 Hz showing value k (mod 256); command k = (k, 100 + k) logged
+    30 ms after frame k; reward -k logged 2 ms before it (as room_sim does).
+
+    ``drop``: frames never published (their commands still are); ``duplicate``: frames re-sent
+    10 ms later with the same stamp and value 200; ``markers``: frames that get an episode-start
+    marker; ``no_reward``: frames without a reward; ``stamp_of(k)``: header stamp of frame k.
+    """
     bag = SynthBag(path, storage)
     drop, duplicate, no_reward = set(drop), set(duplicate), set(no_reward)
     for k in range(n):
         t = frame_time(k)
         if k not in drop:
-            bag.image(t, stamp_of(k), np.full((size, size, 3), k, np.uint8))
+            bag.image(t, stamp_of(k), np.full((size, size, 3), k % 256, np.uint8))
             if k not in no_reward:
-                bag.reward(t + 2_000_000, -float(k))
+                bag.reward(t - 2_000_000, -float(k))
         if k in duplicate:
             bag.image(t + 10_000_000, stamp_of(k), np.full((size, size, 3), 200, np.uint8))
         bag.cmd(t + 30_000_000, float(k), 100.0 + k, wz=-float(k), stamped=stamped)
@@ -148,7 +152,3 @@ def truncate(path: Path, fraction: float = 0.5) -> Path:
 
 def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def optional(x: Optional[int]) -> int:
-    return 0 if x is None else x

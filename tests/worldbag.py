@@ -8,7 +8,7 @@ from world_model_ctrl.policies import make_policy
 
 def world_bag(path, episodes: int = 6, steps: int = 20, image_size: int = 32, seed: int = 0,
               storage: str = 'mcap'):
-    """Exploration episodes laid out as the recorder writes them (frame, reward, then command)."""
+    """Exploration episodes laid out as the recorder writes them (reward, frame, then command)."""
     cfg = WorldConfig(image_size=image_size)
     world = RoomWorld(cfg, seed=seed)
     policy = make_policy('mix', cfg.max_speed, seed + 1)
@@ -20,7 +20,7 @@ def world_bag(path, episodes: int = 6, steps: int = 20, image_size: int = 32, se
         bag.marker(T0 + k * PERIOD - 1000, SIM0 + k * PERIOD, ep)
         for t in range(steps + 1):
             bag.image(T0 + k * PERIOD, SIM0 + k * PERIOD, frame)
-            bag.reward(T0 + k * PERIOD + 1000, world.reward())
+            bag.reward(T0 + k * PERIOD - 500, world.reward())
             if t < steps:
                 a = policy.act(world.pos, world.goal)
                 bag.cmd(T0 + k * PERIOD + 2000, float(a[0]), float(a[1]))

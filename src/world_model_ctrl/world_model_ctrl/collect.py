@@ -40,7 +40,8 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
         'types': [f'{t}:{m}' for t, m in COLLECT_TOPICS.items()]})
     exp = NodeSpec('world_model_ctrl.explorer', {
         'policy': policy, 'episodes': episodes, 'steps': steps, 'seed': seed + 1,
-        'max_speed': float((sim_params or {}).get('max_speed', 0.5)), 'progress': progress})
+        'max_speed': float((sim_params or {}).get('max_speed', 0.5)), 'progress': progress,
+        'min_cmd_subscribers': 2})
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
     watcher = Node('wmc_collect')

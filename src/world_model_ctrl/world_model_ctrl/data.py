@@ -10,20 +10,32 @@ Alignment rules (all pairing is done in bag *log time*, the recorder's receive c
   before the frame and no older than ``cmd_tolerance`` (default 0.5 s). The first frame of every
   episode, and a frame with no command in tolerance, gets ``a_{t-1} = 0``. So ``actions[t]`` is the
   command that moved the robot from ``x_{t-1}`` to ``x_t``.
-* Reward ``r_t`` is the message on ``reward_topic`` whose log time is nearest the frame's, within
-  ``reward_tolerance`` (default 0.05 s). A frame without one is dropped, which ends its episode.
+* Reward ``r_t`` is, with ``reward_match='before'`` (default), the latest message on
+  ``reward_topic`` logged at or before the frame (room_sim publishes a frame's reward just before
+  the frame, and under load the gap to the *next* reward can be shorter); with 'nearest', the one
+  nearest in log time. Either way within ``reward_tolerance`` (default 0.05 s). A frame without
+  one is dropped, which ends its episode.
 * Images whose header stamp equals the previous image's are re-sends: dropped (the first is kept).
 * A new episode starts at an episode marker (a ``std_msgs/Header`` on ``episode_topic`` whose stamp
   equals the header stamp of the new episode's first frame: the frame with stamp >= marker and the
-  previous frame's stamp < marker), where consecutive image log times are further apart than
-  ``gap_factor`` (default 1.5) x the median image period or more than ``max_gap`` (default 1 s),
-  and where image header stamps go backwards (a simulator restart). Header stamps are only ever
-  compared with header stamps (in simulation they are sim time, not log time).
+  previous frame's stamp < marker), where image header stamps go backwards (a simulator restart),
+  and at gaps: consecutive images further apart than ``gap_factor`` (default 1.5) x the median
+  image period, or more than ``max_gap`` (default 1 s), in log time *and* in header-stamp time. A
+  lost frame shows in both clocks; a delivery hiccup, or a lockstep simulator whose wall-clock
+  rate follows the planner, shows only in log time and its frames are still consecutive.
+  Header stamps are only compared with header stamps (in simulation they are sim time). If a
+  driver leaves them constant (over half the frames repeat the previous stamp), stamp rules are
+  skipped and gaps are found in log time alone.
 * Episodes shorter than ``min_length`` (default 2) frames are dropped.
 
 Images of any ``sensor_msgs/Image`` encoding (rgb8, bgr8, mono8, rgba8, 16-bit, ...) or
 ``sensor_msgs/CompressedImage`` (jpeg/png) become RGB uint8 (mono -> 3 equal channels), resized to
-``image_size`` x ``image_size`` with ``cv2.INTER_AREA`` when the size differs.
+``image_size`` x ``image_size`` with ``cv2.INTER_AREA`` when the size differs. Actions are the
+``action_fields`` of each command (Twist, or TwistStamped where 'linear.x' means twist.linear.x).
+
+Use: ``load_episodes`` (in memory) or ``build_cache`` (bag by bag into a memory-mapped
+``EpisodeCache``, reused while bags and config are unchanged), ``split_episodes`` by episode,
+then ``SequenceDataset`` windows for training. A bad bag raises ``BagError`` naming the file.
 """
 from __future__ import annotations
 
@@ -37,13 +49,14 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import cv2
 import numpy as np
-import torch
 from rosbags.highlevel import AnyReader
 from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
+from rosbags.image.image import to_cvtype
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
@@ -72,6 +85,7 @@ class DataConfig:
     image_size: int = 64                            # square model input, pixels
     cmd_tolerance: float = 0.5                      # oldest command still paired with a frame
     reward_tolerance: float = 0.05                  # farthest reward still paired with a frame
+    reward_match: str = 'before'                    # 'before' the frame or 'nearest' to it
     gap_factor: float = 1.5                         # split where the period exceeds this x median
     max_gap: float = 1.0                            # split where the period exceeds this, always
     min_length: int = 2                             # drop shorter episodes (frames)
@@ -92,6 +106,9 @@ class DataConfig:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         if self.gap_factor <= 1.0:
             raise ValueError(f'gap_factor must be > 1, got {self.gap_factor}')
+        if self.reward_match not in ('before', 'nearest'):
+            raise ValueError(f"reward_match must be 'before' or 'nearest', got "
+                             f'{self.reward_match!r}')
         if self.min_length < 1:
             raise ValueError(f'min_length must be >= 1, got {self.min_length}')
         if not 0.0 <= self.val_fraction < 1.0:
@@ -144,9 +161,6 @@ class Episode:
 
 def _without_row_padding(msg):
     """Image with ``step`` > width * pixel bytes (row padding) as a packed image."""
-    from types import SimpleNamespace
-
-    from rosbags.image.image import to_cvtype
     _, _, typestr, nchan = to_cvtype(msg.encoding)
     row = msg.width * nchan * np.dtype(typestr).itemsize
     if msg.step in (0, row):
@@ -302,11 +316,12 @@ class _Streams:
 
 
 def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Streams:
-    img_log, img_stamp, images = [], [], []
+    img_log, img_stamp = [], []
     cmd_log, cmd, rew_log, rew, markers = [], [], [], [], []
     with _Bag(path) as reader:
         topics = _topic_conns(reader)
-        missing = [t for t in (cfg.image_topic, cfg.reward_topic, cfg.cmd_topic) if t not in topics]
+        needed = (cfg.image_topic, cfg.reward_topic, cfg.cmd_topic)
+        missing = [t for t in needed if t not in topics]
         if missing:
             have = ', '.join(f'{t} [{c[0].msgtype}]' for t, c in sorted(topics.items()))
             raise BagError(f'{path}: topic(s) {", ".join(missing)} not in bag; it has: '
@@ -318,12 +333,18 @@ def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Str
         conns = [c for t in (cfg.image_topic, cfg.reward_topic, cfg.cmd_topic, cfg.episode_topic)
                  for c in topics.get(t, [])]
         total = sum(c.msgcount for c in conns)
+        # decoded frames go straight into one array: no list of frames to stack (a second copy)
+        size = cfg.image_size
+        images = np.empty((max(1, sum(c.msgcount for c in topics[cfg.image_topic])), size, size,
+                           3), np.uint8)
         for conn, t, raw in _progress(reader.messages(connections=conns), total, path.name,
                                       progress):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic == cfg.image_topic:
+                if len(img_log) == len(images):
+                    images = np.concatenate([images, np.empty_like(images)])
                 try:
-                    images.append(image_to_rgb(msg, cfg.image_size))
+                    images[len(img_log)] = image_to_rgb(msg, size)
                 except Exception as err:
                     raise BagError(f'{path}: image on {conn.topic} at log time {t} ns: '
                                    f'{err}') from err
@@ -353,7 +374,7 @@ def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Str
         return [t[order]] + [a[order] for a in arrays]
 
     img_log, img_stamp, images = by_time(img_log, np.asarray(img_stamp, np.int64),
-                                         np.stack(images))
+                                         images[:len(img_log)])
     cmd_log, cmd = by_time(cmd_log, np.asarray(cmd, np.float32).reshape(len(cmd_log), -1))
     rew_log, rew = by_time(rew_log, np.asarray(rew, np.float32))
     return _Streams(img_log, img_stamp, images, cmd_log, cmd, rew_log, rew,
@@ -362,32 +383,47 @@ def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Str
 
 # --- alignment -------------------------------------------------------------------------------
 
+def _gaps(dt: np.ndarray, gap_factor: float, max_gap: float) -> np.ndarray:
+    """Steps (ns) longer than ``gap_factor`` x the median step or ``max_gap`` seconds."""
+    period = float(np.median(dt[dt > 0])) if np.any(dt > 0) else np.inf
+    return (dt > gap_factor * period) | (dt > max_gap * 1e9)
+
+
+def stamps_usable(stamp_ns: np.ndarray) -> bool:
+    """False for header stamps a driver left constant (e.g. zero): they cannot order frames."""
+    return len(stamp_ns) < 2 or float(np.mean(stamp_ns[1:] == stamp_ns[:-1])) < 0.5
+
+
 def segment_frames(log_ns: np.ndarray, stamp_ns: np.ndarray, markers: np.ndarray,
                    gap_factor: float, max_gap: float,
                    valid: Optional[np.ndarray] = None) -> np.ndarray:
     """Episode label per frame (frames in log-time order), -1 for a dropped frame.
 
     Drops header-stamp duplicates and frames with ``valid`` False (their neighbours end up in
-    different episodes); splits at markers, time gaps and backwards stamps (module docstring).
+    different episodes); splits at markers, gaps and backwards stamps (module docstring).
     """
     n = len(log_ns)
     labels = np.full(n, -1, np.int64)
     if n == 0:
         return labels
+    use_stamps = stamps_usable(stamp_ns)
     keep = np.ones(n, bool)
-    keep[1:] = stamp_ns[1:] != stamp_ns[:-1]
+    if use_stamps:
+        keep[1:] = stamp_ns[1:] != stamp_ns[:-1]
     idx = np.flatnonzero(keep)
     t, s = log_ns[idx], stamp_ns[idx]
-    dt = np.diff(t)
-    period = float(np.median(dt[dt > 0])) if np.any(dt > 0) else np.inf
     new = np.zeros(len(idx), bool)
     new[0] = True
-    new[1:] |= dt > gap_factor * period
-    new[1:] |= dt > max_gap * 1e9
-    new[1:] |= s[1:] < s[:-1]
-    if len(markers):
-        passed = np.searchsorted(np.sort(markers), s, side='right')   # markers with stamp <= s
-        new[1:] |= passed[1:] > passed[:-1]
+    gap = _gaps(np.diff(t), gap_factor, max_gap)
+    if use_stamps:
+        # a lost frame shows in both clocks; late delivery or a lockstep simulator waiting for
+        # its next command shows only in log time, and the frames are still consecutive
+        gap &= _gaps(np.diff(s), gap_factor, max_gap)
+        new[1:] |= s[1:] < s[:-1]
+        if len(markers):
+            passed = np.searchsorted(np.sort(markers), s, side='right')  # markers with stamp <= s
+            new[1:] |= passed[1:] > passed[:-1]
+    new[1:] |= gap
     ok = np.ones(len(idx), bool) if valid is None else np.asarray(valid, bool)[idx]
     new[1:] |= ~ok[:-1]                 # a dropped frame ends the episode before it
     lab = np.cumsum(new) - 1
@@ -398,18 +434,21 @@ def segment_frames(log_ns: np.ndarray, stamp_ns: np.ndarray, markers: np.ndarray
 
 def _nearest(times: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest entry of sorted ``times`` for each query, and its |distance|."""
-    j = np.clip(np.searchsorted(times, query), 1, len(times) - 1) if len(times) > 1 else \
-        np.zeros(len(query), np.int64)
-    if len(times) > 1:
-        left_closer = np.abs(query - times[j - 1]) <= np.abs(times[j] - query)
-        j = np.where(left_closer, j - 1, j)
+    hi = np.clip(np.searchsorted(times, query), 0, len(times) - 1)    # first entry >= query
+    lo = np.maximum(hi - 1, 0)
+    j = np.where(np.abs(query - times[lo]) <= np.abs(times[hi] - query), lo, hi)
     return j, np.abs(times[j] - query)
 
 
 def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str) -> list[Episode]:
     n = len(st.img_log)
-    # r_t: nearest reward in log time
-    j, dist = _nearest(st.rew_log, st.img_log)
+    # r_t: the reward logged at/before the frame, or the nearest one (module docstring)
+    if cfg.reward_match == 'nearest':
+        j, dist = _nearest(st.rew_log, st.img_log)
+    else:
+        j = np.searchsorted(st.rew_log, st.img_log, side='right') - 1
+        dist = np.where(j >= 0, st.img_log - st.rew_log[np.maximum(j, 0)], np.iinfo(np.int64).max)
+        j = np.maximum(j, 0)
     has_reward = dist <= round(cfg.reward_tolerance * 1e9)
     if not has_reward.any():
         raise BagError(f'{source}: no {cfg.reward_topic} message within {cfg.reward_tolerance} s '
@@ -422,16 +461,22 @@ def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str) -> list[E
                         <= round(cfg.cmd_tolerance * 1e9))
     actions = np.where(fresh[:, None], st.cmd[np.maximum(k, 0)], 0.0).astype(np.float32)
 
+    if not stamps_usable(st.img_stamp):
+        warnings.warn(f'{source}: header stamps on {cfg.image_topic} do not change; ignoring '
+                      'them (no duplicate, marker or backwards-stamp rules)', stacklevel=3)
     labels = segment_frames(st.img_log, st.img_stamp, st.markers, cfg.gap_factor, cfg.max_gap,
                             valid=has_reward)
     episodes = []
     kept = np.flatnonzero(labels >= 0)
-    for idx in np.split(kept, np.flatnonzero(np.diff(labels[kept])) + 1):
-        if len(idx) < cfg.min_length:
+    images = st.images if len(kept) == n else st.images[kept]   # episodes are views of this
+    ends = np.flatnonzero(np.diff(labels[kept])) + 1
+    for a, b in zip([0, *ends], [*ends, len(kept)]):
+        if b - a < cfg.min_length:
             continue
+        idx = kept[a:b]
         act = actions[idx].copy()
         act[0] = 0.0                        # nothing led to an episode's first frame
-        episodes.append(Episode(images=st.images[idx], actions=act,
+        episodes.append(Episode(images=images[a:b], actions=act,
                                 rewards=rewards[idx].astype(np.float32),
                                 stamps=st.img_log[idx].astype(np.int64), source=source))
     dropped_dup = int(np.sum(st.img_stamp[1:] == st.img_stamp[:-1]))
@@ -606,19 +651,24 @@ def _write_cache(tmp: Path, batches: Iterator[tuple[str, list[Episode]]],
     tmp.mkdir(parents=True)
     images = None
     actions, rewards, stamps, lengths, sources, bags = [], [], [], [], [], []
-    for bag, eps in batches:
-        bags.append(bag)
-        for ep in eps:
-            if images is None:
-                images = _NpyAppender(tmp / 'images.npy', frame_shape or ep.images.shape[1:])
-            images.append(ep.images)
-            actions.append(np.asarray(ep.actions, np.float32))
-            rewards.append(np.asarray(ep.rewards, np.float32))
-            stamps.append(np.asarray(ep.stamps, np.int64))
-            lengths.append(len(ep))
-            sources.append(ep.source)
+    try:
+        for bag, eps in batches:        # one bag's episodes in memory at a time
+            bags.append(bag)
+            for ep in eps:
+                if images is None:
+                    images = _NpyAppender(tmp / 'images.npy', frame_shape or ep.images.shape[1:])
+                images.append(ep.images)
+                actions.append(np.asarray(ep.actions, np.float32))
+                rewards.append(np.asarray(ep.rewards, np.float32))
+                stamps.append(np.asarray(ep.stamps, np.int64))
+                lengths.append(len(ep))
+                sources.append(ep.source)
+    except BaseException:
+        if images is not None:
+            images.fh.close()
+        raise
     if images is None:
-        raise BagError('no episodes to cache')
+        raise BagError(f'no episodes to cache from {bags} (all shorter than min_length?)')
     images.close()
     if len({a.shape[1] for a in actions}) != 1:
         raise ValueError('episodes have different action sizes')
@@ -657,10 +707,6 @@ def build_cache(source: Union[PathLike, Sequence[PathLike], Sequence[Episode]],
         paths = _as_paths(source)
         if not paths:
             raise BagError('no bags given')
-        for p in paths:
-            if not p.exists():
-                if strict or len(paths) == 1:
-                    raise BagError(f'{p}: no such bag')
         fps = [_bag_fingerprint(p) if p.exists() else [str(p), 'missing'] for p in paths]
         key = _cache_key(['bags', fps, cfg.content_dict()])
         batches = ((str(p), eps) for p, eps in _iter_bags(paths, cfg, strict, progress))
@@ -684,37 +730,54 @@ def build_cache(source: Union[PathLike, Sequence[PathLike], Sequence[Episode]],
     return EpisodeCache(final)
 
 
-class SequenceDataset(torch.utils.data.Dataset):
-    """All windows of ``seq_len`` frames inside the chosen episodes (never across two).
+def _sequence_dataset_class():
+    # torch takes seconds to import; `wmc bag-info` and other bag-only users should not pay it.
+    import torch.utils.data
 
-    Items: ``images`` uint8 (L, H, W, 3), ``actions`` float32 (L, A), ``rewards`` float32 (L,).
-    ``actions[0]`` is the episode's action at that index: zero only at a true episode start.
-    """
+    class SequenceDataset(torch.utils.data.Dataset):
+        """All windows of ``seq_len`` frames inside the chosen episodes (never across two).
 
-    def __init__(self, cache: EpisodeCache, seq_len: int,
-                 episodes_idx: Optional[Sequence[int]] = None, stride: int = 1):
-        if seq_len < 1 or stride < 1:
-            raise ValueError(f'seq_len and stride must be >= 1, got {seq_len}, {stride}')
-        self.cache, self.seq_len = cache, seq_len
-        idx = range(len(cache)) if episodes_idx is None else episodes_idx
-        self.episodes_idx = [int(i) for i in idx]
-        starts = [np.arange(cache.offsets[i], cache.offsets[i + 1] - seq_len + 1, stride)
-                  for i in self.episodes_idx]
-        self.starts = np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
-        if len(self.starts) == 0 and self.episodes_idx:
-            longest = int(max(cache.lengths[self.episodes_idx]))
-            raise ValueError(f'no window of {seq_len} frames: the longest of '
-                             f'{len(self.episodes_idx)} episodes has {longest}')
+        Items: ``images`` uint8 (L, H, W, 3), ``actions`` float32 (L, A) and ``rewards`` float32
+        (L,). ``actions[0]`` is the episode's action at that index: zero only at a true episode
+        start. A torch ``Dataset``, built on first access so bag-only users never import torch.
+        """
 
-    def __len__(self) -> int:
-        return len(self.starts)
+        def __init__(self, cache: EpisodeCache, seq_len: int,
+                     episodes_idx: Optional[Sequence[int]] = None, stride: int = 1):
+            if seq_len < 1 or stride < 1:
+                raise ValueError(f'seq_len and stride must be >= 1, got {seq_len}, {stride}')
+            self.cache, self.seq_len = cache, seq_len
+            idx = range(len(cache)) if episodes_idx is None else episodes_idx
+            self.episodes_idx = [int(i) for i in idx]
+            starts = [np.arange(cache.offsets[i], cache.offsets[i + 1] - seq_len + 1, stride)
+                      for i in self.episodes_idx]
+            self.starts = (np.concatenate(starts).astype(np.int64) if starts
+                           else np.zeros(0, np.int64))
+            if len(self.starts) == 0 and self.episodes_idx:
+                longest = int(max(cache.lengths[self.episodes_idx]))
+                raise ValueError(f'no window of {seq_len} frames: the longest of '
+                                 f'{len(self.episodes_idx)} episodes has {longest}')
 
-    def __getitem__(self, i: int) -> dict:
-        s = int(self.starts[i])
-        e = s + self.seq_len
-        return {'images': torch.from_numpy(np.array(self.cache.images[s:e])),    # (L, H, W, 3)
-                'actions': torch.from_numpy(self.cache.actions[s:e].copy()),      # (L, A)
-                'rewards': torch.from_numpy(self.cache.rewards[s:e].copy())}      # (L,)
+        def __len__(self) -> int:
+            return len(self.starts)
+
+        def __getitem__(self, i: int) -> dict:
+            s = int(self.starts[i])
+            e = s + self.seq_len
+            return {'images': torch.from_numpy(np.array(self.cache.images[s:e])),  # (L, H, W, 3)
+                    'actions': torch.from_numpy(self.cache.actions[s:e].copy()),    # (L, A)
+                    'rewards': torch.from_numpy(self.cache.rewards[s:e].copy())}    # (L,)
+
+    SequenceDataset.__qualname__ = 'SequenceDataset'     # picklable as data.SequenceDataset
+    SequenceDataset.__module__ = __name__
+    return SequenceDataset
+
+
+def __getattr__(name: str):
+    if name == 'SequenceDataset':
+        globals()[name] = _sequence_dataset_class()
+        return globals()[name]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -772,18 +835,20 @@ def bag_summary(path: PathLike, cfg: Optional[DataConfig] = None,
                               'encoding': max(info['encodings'], key=info['encodings'].get),
                               'sizes': info['sizes'], 'encodings': info['encodings']}
         out_topics.append(entry)
-    if markers:
-        episodes, source = len(set(markers)), 'markers'
+    # episodes: image-topic segments of >= min_length distinct frames, split at markers if the
+    # bag has them, else at gaps
+    topic = cfg.image_topic if cfg.image_topic in img_stamps else next(iter(img_stamps), None)
+    if topic is None:
+        episodes, source = len(set(markers)), 'markers' if markers else None
     else:
-        topic = cfg.image_topic if cfg.image_topic in img_stamps else next(iter(img_stamps), None)
-        if topic is None:
-            episodes, source = 0, None
-        else:
-            ts = np.asarray(times[topic], np.int64)
-            order = np.argsort(ts, kind='stable')
-            labels = segment_frames(ts[order], np.asarray(img_stamps[topic], np.int64)[order],
-                                    np.zeros(0, np.int64), cfg.gap_factor, cfg.max_gap)
-            episodes, source = int(labels.max() + 1), f'gaps on {topic}'
+        ts = np.asarray(times[topic], np.int64)
+        order = np.argsort(ts, kind='stable')
+        gaps = (np.inf, np.inf) if markers else (cfg.gap_factor, cfg.max_gap)
+        labels = segment_frames(ts[order], np.asarray(img_stamps[topic], np.int64)[order],
+                                np.asarray(markers, np.int64), *gaps)
+        sizes = np.bincount(labels[labels >= 0])
+        episodes = int(np.sum(sizes >= cfg.min_length))
+        source = 'markers' if markers else f'gaps on {topic}'
     return {'path': str(path), 'storage': storage, 'message_count': count,
             'start_ns': start, 'end_ns': end,
             'duration_s': (end - start) / 1e9 if count else 0.0,

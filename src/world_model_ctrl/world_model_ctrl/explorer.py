@@ -33,13 +33,18 @@ class ExplorerNode(Node):
         self.declare_parameter('seed', 0)
         self.declare_parameter('max_speed', 0.5)
         self.declare_parameter('progress', True)
+        # Wait for this many cmd_vel subscribers (e.g. 2 = sim + recorder) before starting, so
+        # the first commands are not sent before a recorder has matched.
+        self.declare_parameter('min_cmd_subscribers', 1)
         p = self.get_parameter
         if p('policy').value not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {p('policy').value!r}")
         self.policy = make_policy(p('policy').value, p('max_speed').value, p('seed').value)
         self.episodes, self.steps = p('episodes').value, p('steps').value
         qos = QoSProfile(depth=100)
-        self.pub_cmd = self.create_publisher(Twist, 'cmd_vel', 10)
+        # Deep history: with KEEP_LAST a reliable writer drops samples a slow reader (the
+        # recorder) has not acknowledged yet once the history is full.
+        self.pub_cmd = self.create_publisher(Twist, 'cmd_vel', qos)
         self.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, qos)
         self.create_subscription(PoseStamped, 'room_sim/goal', self.on_goal, qos)
         self.create_subscription(Header, 'room_sim/episode_start', self.on_episode, qos)
@@ -110,7 +115,9 @@ def main(args=None):
         while not node.reset_client.wait_for_service(timeout_sec=1.0):
             node.get_logger().info('waiting for room_sim/reset ...')
         # Give DDS a moment to match the sim's publishers so the first frame is not missed.
-        while node.count_publishers(node.resolve_topic_name('camera/image_raw')) == 0:
+        need = node.get_parameter('min_cmd_subscribers').value
+        while node.count_publishers(node.resolve_topic_name('camera/image_raw')) == 0 \
+                or node.pub_cmd.get_subscription_count() < need:
             rclpy.spin_once(node, timeout_sec=0.1)
         node.start()
         while rclpy.ok() and not node.done:

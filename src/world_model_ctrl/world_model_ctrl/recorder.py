@@ -1,7 +1,8 @@
 """Recorder node: subscribe to any topics and write them to a rosbag2 (mcap or sqlite3).
 
-Messages are taken serialised (raw) and written untouched, stamped with the time the middleware
-received them (system clock, ns), as `ros2 bag record` does by default. SIGINT or SIGTERM closes the bag cleanly after
+Messages are taken serialised (raw) and written untouched. The log time is the publisher's send
+time (``log_time: send``, default; system clock, ns; rosbag2's send_timestamp) or the time the
+middleware received the message (``log_time: receive``, what `ros2 bag record` logs). SIGINT or SIGTERM closes the bag cleanly after
 draining what is already queued.
 
     recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
@@ -35,10 +36,16 @@ class RecorderNode(Node):
         # Optional 'topic:pkg/msg/Type' pairs; other topics get their type from the graph.
         self.declare_parameter('types', [''])
         self.declare_parameter('qos_depth', 1000)
+        # Log time: 'send' = the publisher's send time, 'receive' = middleware reception time.
+        self.declare_parameter('log_time', 'send')
         p = self.get_parameter
         self.writer = BagWriter(p('output').value, p('storage').value)
         self.qos = QoSProfile(depth=p('qos_depth').value)
         self.types = dict(t.rsplit(':', 1) for t in p('types').value if t)
+        self.time_key = {'send': 'source_timestamp', 'receive': 'received_timestamp'}.get(
+            p('log_time').value)
+        if self.time_key is None:
+            raise ValueError(f"log_time must be 'send' or 'receive', got {p('log_time').value!r}")
         self.pending = [self.resolve_topic_name(t) for t in p('topics').value]
         self.create_timer(0.05, self.subscribe_pending)
         self.subscribe_pending()
@@ -59,10 +66,11 @@ class RecorderNode(Node):
 
     def _callback(self, topic):
         def write(data: bytes, info):
-            # The middleware's reception time, not the time Python got round to the message:
-            # with a backlog the executor takes topics in its own order, which would reorder
-            # e.g. a command and the frame it caused across topics.
-            self.writer.write(topic, info['received_timestamp'] or time.time_ns(), data)
+            # Times from the middleware, not the time Python got round to the message: with a
+            # backlog the executor takes topics in its own order. Send times order causally
+            # related messages exactly on one machine (a command is sent before the frame it
+            # causes); reception at the recorder can lag the sim's by more than a lockstep step.
+            self.writer.write(topic, info[self.time_key] or time.time_ns(), data)
         return write
 
     @property

@@ -21,6 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.checkpoint import load_checkpoint
 from world_model_ctrl.data import DataConfig, SequenceDataset, build_cache, split_episodes
 from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
@@ -103,15 +104,6 @@ def load_yaml(path) -> dict:
     return d
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(name)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {name}: CUDA is not available on this machine')
-    return dev
-
-
 def _distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -159,6 +151,9 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         torch.cuda.set_device(device)
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
+    if device.type == 'cpu':
+        # Denormal floats appear as training settles and slow CPU kernels several-fold.
+        torch.set_flush_denormal(True)
     torch.manual_seed(tcfg.seed + rank)
     out = Path(out)
     if mcfg.image_size != dcfg.image_size:

@@ -1,0 +1,97 @@
+"""belief node: filter the latent state q(z_t | x_{1:t}, a_{1:t-1}) from the live camera.
+
+Each frame: convert (any encoding/size) -> one WorldModel.step with the last command sent ->
+publish mean/std (messages.belief_to_msg) stamped with the frame's header, and the time taken.
+"""
+import time
+
+import numpy as np
+import rclpy
+import torch
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float32, Header
+
+from world_model_ctrl.data import image_to_rgb
+from world_model_ctrl.messages import action_from_cmd, belief_to_msg
+from world_model_ctrl.paths import default_checkpoint
+from world_model_ctrl.ssm import WorldModel, images_to_tensor
+from world_model_ctrl.cem import resolve_device
+
+
+class BeliefNode(Node):
+    """camera/image_raw + cmd_vel -> belief (2 x Z float image), belief/processing_ms."""
+
+    def __init__(self, **kwargs):
+        super().__init__('belief', **kwargs)
+        self.declare_parameter('checkpoint', '')
+        self.declare_parameter('device', 'cpu')
+        self.declare_parameter('compressed', False)       # subscribe CompressedImage instead
+        self.declare_parameter('cmd_vel_stamped', False)
+        self.declare_parameter('action_fields', ['linear.x', 'linear.y'])
+        self.declare_parameter('threads', 1)
+        p = self.get_parameter
+        torch.set_num_threads(max(1, p('threads').value))
+        ckpt = p('checkpoint').value or str(default_checkpoint('ssm.pt'))
+        self.device = resolve_device(p('device').value)
+        self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
+        self.size = self.model.config.image_size
+        self.fields = list(p('action_fields').value)
+        if len(self.fields) != self.model.config.action_dim:
+            raise ValueError(f'action_fields {self.fields} do not match the model action_dim '
+                             f'{self.model.config.action_dim}')
+        self.h = None
+        self.last_action = np.zeros(len(self.fields), np.float32)
+        self.pub = self.create_publisher(Image, 'belief', 10)
+        self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
+        # Commands are subscribed before images: with both pending, rclpy takes them in
+        # creation order, so a frame is filtered with the command that produced it.
+        cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
+        self.create_subscription(cmd_type, 'cmd_vel', self.on_cmd, 10)
+        self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
+        img_type = CompressedImage if p('compressed').value else Image
+        self.create_subscription(img_type, 'camera/image_raw', self.on_image,
+                                 qos_profile_sensor_data)
+        self.get_logger().info(f'belief from {ckpt} on {self.device}')
+
+    def on_cmd(self, msg):
+        self.last_action = action_from_cmd(msg, self.fields)
+
+    def on_reset(self, msg):
+        self.h = None
+        self.last_action[:] = 0.0
+
+    @torch.no_grad()
+    def on_image(self, msg):
+        t0 = time.perf_counter()
+        try:
+            rgb = image_to_rgb(msg, self.size)
+        except ValueError as e:
+            self.get_logger().warn(f'dropping frame: {e}', throttle_duration_sec=5.0)
+            return
+        x = images_to_tensor(rgb[None]).to(self.device)                      # (1, 3, S, S)
+        a = torch.from_numpy(self.last_action[None]).to(self.device)         # (1, A)
+        self.h, mean, std = self.model.step(self.h, x, a)
+        self.pub.publish(belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
+                                       msg.header))
+        self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = BeliefNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,57 @@
+"""The control graph, once: what `wmc up` starts and what launch/control.launch.py declares.
+
+tests/test_launch.py loads the launch file against recording stand-ins for launch/launch_ros and
+checks it describes the same nodes, parameter files, parameters and remappings as this.
+"""
+from __future__ import annotations
+
+from world_model_ctrl.paths import config_file
+from world_model_ctrl.procs import NodeSpec
+
+# (package, executable) -> Python module with main(), i.e. what `ros2 run` would start.
+EXECUTABLES = {
+    ('room_sim', 'room_sim'): 'room_sim.node',
+    ('world_model_ctrl', 'belief'): 'world_model_ctrl.belief',
+    ('world_model_ctrl', 'planner'): 'world_model_ctrl.planner',
+}
+
+# Launch arguments and their defaults (strings, as launch passes them).
+LAUNCH_ARGS = {
+    'checkpoint': '',
+    'device': 'cpu',
+    'image_topic': '/camera/image_raw',
+    'cmd_vel_topic': '/cmd_vel',
+    'cmd_vel_stamped': 'false',
+    'use_sim': 'true',
+    'use_sim_time': 'false',
+    'namespace': '',
+}
+
+
+def _bool(s) -> bool:
+    return str(s).strip().lower() in ('true', '1', 'yes', 'on')
+
+
+def control_graph(args: dict | None = None, params_file=None, sim_params_file=None
+                  ) -> list[tuple[str, str, NodeSpec]]:
+    """[(package, executable, NodeSpec)] for the given launch arguments."""
+    a = {**LAUNCH_ARGS, **{k: str(v) for k, v in (args or {}).items()}}
+    unknown = set(a) - set(LAUNCH_ARGS)
+    if unknown:
+        raise ValueError(f'unknown launch arguments {sorted(unknown)}')
+    control = str(params_file or config_file('control.yaml'))
+    sim = str(sim_params_file or config_file('sim.yaml'))
+    remaps = {'camera/image_raw': a['image_topic'], 'cmd_vel': a['cmd_vel_topic']}
+    common = {'cmd_vel_stamped': _bool(a['cmd_vel_stamped']),
+              'use_sim_time': _bool(a['use_sim_time'])}
+    model = {'checkpoint': a['checkpoint'], 'device': a['device'], **common}
+    nodes = []
+    if _bool(a['use_sim']):
+        nodes.append(('room_sim', 'room_sim', NodeSpec(
+            'room_sim.node', dict(common), dict(remaps), [sim], 'room_sim')))
+    for exe in ('belief', 'planner'):
+        nodes.append(('world_model_ctrl', exe, NodeSpec(
+            EXECUTABLES[('world_model_ctrl', exe)], dict(model), dict(remaps), [control], exe)))
+    for _, _, spec in nodes:
+        spec.namespace = a['namespace']
+    return nodes
