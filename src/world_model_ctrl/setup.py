@@ -28,6 +28,8 @@ setup(
             'wmc = world_model_ctrl.cli:main',
             'recorder = world_model_ctrl.recorder:main',
             'explorer = world_model_ctrl.explorer:main',
+            'belief = world_model_ctrl.belief:main',
+            'planner = world_model_ctrl.planner:main',
         ],
     },
 )

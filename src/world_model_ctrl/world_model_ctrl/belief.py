@@ -16,7 +16,7 @@ from std_msgs.msg import Float32, Header
 
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.messages import action_from_cmd, belief_to_msg
-from world_model_ctrl.paths import default_checkpoint
+from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.cem import resolve_device
 
@@ -26,7 +26,7 @@ class BeliefNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('belief', **kwargs)
-        self.declare_parameter('checkpoint', '')
+        self.declare_parameter('checkpoint', 'shipped')
         self.declare_parameter('device', 'cpu')
         self.declare_parameter('compressed', False)       # subscribe CompressedImage instead
         self.declare_parameter('cmd_vel_stamped', False)
@@ -34,7 +34,7 @@ class BeliefNode(Node):
         self.declare_parameter('threads', 1)
         p = self.get_parameter
         torch.set_num_threads(max(1, p('threads').value))
-        ckpt = p('checkpoint').value or str(default_checkpoint('ssm.pt'))
+        ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.size = self.model.config.image_size

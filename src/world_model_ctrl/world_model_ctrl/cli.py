@@ -86,7 +86,7 @@ def cmd_train_ssm(a) -> int:
 def cmd_eval_ssm(a) -> int:
     from world_model_ctrl.eval_ssm import eval_ssm
     from world_model_ctrl.paths import default_checkpoint
-    from world_model_ctrl.train_ssm import resolve_device
+    from world_model_ctrl.cem import resolve_device
     ckpt = a.ckpt or default_checkpoint('ssm.pt')
     horizons = [int(h) for h in a.horizons.split(',')]
     result = eval_ssm(ckpt, a.bags, a.context, horizons, resolve_device(a.device),
@@ -100,6 +100,68 @@ def cmd_eval_ssm(a) -> int:
         for h in ol:
             print(f'  horizon {h:>2}: open-loop mse {ol[h]:.5f}  copy-last {cl[h]:.5f}',
                   file=sys.stderr)
+    return 0
+
+
+def _eval_summary_lines(s: dict) -> str:
+    ratio = s.get('steps_ratio_vs_oracle')
+    return (f"success {s['success_rate']:.2f} (oracle {s['oracle_success_rate']:.2f}, random "
+            f"{s['random_success_rate']:.2f}); mean steps {s['mean_steps'] or float('nan'):.1f} vs "
+            f"oracle {s['oracle_mean_steps'] or float('nan'):.1f}"
+            + (f' (x{ratio:.2f})' if ratio else '')
+            + f"; plan ms p50 {s['plan_ms_p50']:.1f} p99 {s['plan_ms_p99']:.1f} "
+            f"(control period {s['control_period_ms']:.0f} ms)")
+
+
+def cmd_eval(a) -> int:
+    from world_model_ctrl.closed_loop import run_closed_loop
+    s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
+                        a.domain_id, params_file=a.params, progress=not a.no_progress)
+    s.pop('_episodes')
+    _write_json(s, a.json)
+    print(_eval_summary_lines(s), file=sys.stderr)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from world_model_ctrl.closed_loop import run_closed_loop, write_demo_outputs
+    out = Path(a.out)
+    s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, 'cpu', False, a.domain_id,
+                        record_frames=True)
+    paths = write_demo_outputs(s, out)
+    s.pop('_episodes')
+    _write_json(s, str(out / 'demo_summary.json'))
+    print('\nworld_model_ctrl demo: the learned world model drove the robot over ROS 2 topics')
+    print('  ' + _eval_summary_lines(s))
+    for k, v in paths.items():
+        print(f'  {k}: {v}')
+    print(f"  summary: {out / 'demo_summary.json'}")
+    return 0
+
+
+def cmd_up(a) -> int:
+    import signal
+    import time
+
+    from world_model_ctrl.graph import control_graph
+    from world_model_ctrl.procs import NodeGroup, ros_env
+    args = {'checkpoint': a.checkpoint or 'shipped', 'device': a.device,
+            'use_sim': 'false' if a.no_sim else 'true', 'image_topic': a.image_topic,
+            'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
+            'namespace': a.namespace}
+    graph = control_graph(args, params_file=a.params)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with NodeGroup(ros_env()) as group:
+        for pkg, exe, spec in graph:
+            print(f'starting {pkg}/{exe}', file=sys.stderr)
+            group.start(spec)
+        try:
+            while not stop:
+                group.check_alive()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -162,6 +224,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=cmd_eval_ssm)
+
+    p = sub.add_parser('eval', help='closed-loop episodes over ROS vs oracle and random')
+    p.add_argument('--ckpt', help='SSM checkpoint (default: the shipped models/ssm.pt)')
+    p.add_argument('--episodes', type=int, default=20)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--max-steps', type=int, default=100)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--realtime', action='store_true',
+                   help='realtime sim at 10 Hz with a timer-driven planner (default: lockstep)')
+    p.add_argument('--params', help='control params YAML (default: config/control.yaml)')
+    p.add_argument('--domain-id', type=int)
+    p.add_argument('--json', help='write the metrics here (default: stdout)')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser('demo', help='what `make demo` runs: a few episodes, a GIF and a plot')
+    p.add_argument('--ckpt')
+    p.add_argument('--episodes', type=int, default=4)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--max-steps', type=int, default=100)
+    p.add_argument('--out', default='out')
+    p.add_argument('--domain-id', type=int)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser('up', help='start the control graph without ros2 launch')
+    p.add_argument('--params', help='params YAML replacing config/control.yaml')
+    p.add_argument('--checkpoint', help='SSM checkpoint (default: shipped)')
+    p.add_argument('--no-sim', action='store_true', help='do not start room_sim (real robot)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--image-topic', default='/camera/image_raw')
+    p.add_argument('--cmd-vel-topic', default='/cmd_vel')
+    p.add_argument('--cmd-vel-stamped', action='store_true')
+    p.add_argument('--namespace', default='')
+    p.set_defaults(func=cmd_up)
     return ap
 
 

@@ -17,7 +17,7 @@ EXECUTABLES = {
 
 # Launch arguments and their defaults (strings, as launch passes them).
 LAUNCH_ARGS = {
-    'checkpoint': '',
+    'checkpoint': 'shipped',
     'device': 'cpu',
     'image_topic': '/camera/image_raw',
     'cmd_vel_topic': '/cmd_vel',

@@ -14,7 +14,7 @@ def share_dir() -> Path:
                                                  get_package_share_directory)
         try:
             return Path(get_package_share_directory(PACKAGE))
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):     # not installed, or no ament env
             pass
     except ImportError:
         pass
@@ -37,3 +37,13 @@ def config_file(name: str) -> Path:
         if path.exists():
             return path
     raise FileNotFoundError(f'no config/{name} under {share_dir()}')
+
+
+def resolve_checkpoint(value, name: str) -> Path:
+    """'' / 'shipped' / None -> the shipped checkpoint ``name``; anything else is a path."""
+    if value in (None, '', 'shipped'):
+        return default_checkpoint(name)
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    return path

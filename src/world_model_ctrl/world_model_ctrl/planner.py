@@ -22,7 +22,7 @@ from std_msgs.msg import Bool, Float32, Header
 
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
 from world_model_ctrl.messages import belief_from_msg, cmd_from_action
-from world_model_ctrl.paths import default_checkpoint
+from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.ssm import WorldModel
 
 CEM_PARAMS = {'candidates': 200, 'horizon': 10, 'iterations': 4, 'top_k': 20, 'gamma': 0.99,
@@ -34,7 +34,7 @@ class PlannerNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('planner', **kwargs)
-        self.declare_parameter('checkpoint', '')
+        self.declare_parameter('checkpoint', 'shipped')
         self.declare_parameter('device', 'cpu')
         self.declare_parameter('trigger', 'timer')
         self.declare_parameter('rate_hz', 10.0)
@@ -51,7 +51,7 @@ class PlannerNode(Node):
         self.trigger = p('trigger').value
         if self.trigger not in ('timer', 'belief'):
             raise ValueError(f"trigger must be 'timer' or 'belief', got {self.trigger!r}")
-        ckpt = p('checkpoint').value or str(default_checkpoint('ssm.pt'))
+        ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.fields = list(p('action_fields').value)

@@ -29,11 +29,14 @@ class NodeSpec:
     remaps: dict = field(default_factory=dict)
     params_files: list = field(default_factory=list)
     name: str | None = None
+    namespace: str = ''
 
     def argv(self) -> list[str]:
         args = [sys.executable, '-m', self.module, '--ros-args']
         if self.name:
             args += ['-r', f'__node:={self.name}']
+        if self.namespace:
+            args += ['-r', f'__ns:={self.namespace}']
         for f in self.params_files:
             args += ['--params-file', str(f)]
         for k, v in self.params.items():

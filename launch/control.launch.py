@@ -1,0 +1,49 @@
+"""Closed-loop control: camera -> belief -> CEM planner -> cmd_vel (+ room_sim when use_sim).
+
+    ros2 launch world_model_ctrl control.launch.py
+    ros2 launch world_model_ctrl control.launch.py use_sim:=false \
+        image_topic:=/my_cam/image_raw cmd_vel_topic:=/my_robot/cmd_vel checkpoint:=/path/ssm.pt
+
+`wmc up` starts the same graph where launch_ros is not installed (world_model_ctrl/graph.py).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+ARGS = {
+    'checkpoint': ('shipped', "world-model checkpoint ('shipped' = this package's model)"),
+    'device': ('cpu', 'torch device for belief and planner: auto | cpu | cuda'),
+    'image_topic': ('/camera/image_raw', 'camera topic (sensor_msgs/Image)'),
+    'cmd_vel_topic': ('/cmd_vel', 'velocity command topic'),
+    'cmd_vel_stamped': ('false', 'publish/subscribe geometry_msgs/TwistStamped'),
+    'use_sim': ('true', 'start room_sim'),
+    'use_sim_time': ('false', 'use /clock'),
+    'namespace': ('', 'namespace of all nodes'),
+}
+
+
+def generate_launch_description():
+    share = get_package_share_directory('world_model_ctrl')
+    control = os.path.join(share, 'config', 'control.yaml')
+    sim = os.path.join(share, 'config', 'sim.yaml')
+    arg = LaunchConfiguration
+    remaps = [('camera/image_raw', arg('image_topic')), ('cmd_vel', arg('cmd_vel_topic'))]
+    common = {'cmd_vel_stamped': arg('cmd_vel_stamped'), 'use_sim_time': arg('use_sim_time')}
+    model = {'checkpoint': arg('checkpoint'), 'device': arg('device'), **common}
+    return LaunchDescription([
+        *[DeclareLaunchArgument(name, default_value=default, description=doc)
+          for name, (default, doc) in ARGS.items()],
+        Node(package='room_sim', executable='room_sim', name='room_sim',
+             namespace=arg('namespace'), parameters=[sim, common], remappings=remaps,
+             condition=IfCondition(arg('use_sim'))),
+        Node(package='world_model_ctrl', executable='belief', name='belief',
+             namespace=arg('namespace'), parameters=[control, model], remappings=remaps),
+        Node(package='world_model_ctrl', executable='planner', name='planner',
+             namespace=arg('namespace'), parameters=[control, model], remappings=remaps,
+             output='screen'),
+    ])

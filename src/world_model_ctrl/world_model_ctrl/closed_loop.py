@@ -1,0 +1,201 @@
+"""`wmc eval` / `wmc demo`: closed-loop episodes over the real ROS graph, vs oracle and random.
+
+room_sim (lockstep, or realtime), belief and planner run as separate processes; this process
+only resets episodes and watches ground truth (room_sim/pose), never feeding the controller.
+The oracle and random baselines run on the ROS-free world from the very same starts (the sim's
+seeded RNG draws starts in the same order).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from room_sim.world import RoomWorld, WorldConfig, oracle_action
+from world_model_ctrl.graph import control_graph
+from world_model_ctrl.procs import NodeGroup, ros_env, wait_for
+
+
+def _stamp(s) -> int:
+    return s.sec * 1_000_000_000 + s.nanosec
+
+
+def baseline(policy: str, episodes: int, seed: int, max_steps: int,
+             cfg: WorldConfig | None = None) -> dict:
+    """Oracle or random episodes on the ROS-free world, from the sim's seeded starts."""
+    cfg = cfg or WorldConfig()
+    world = RoomWorld(cfg, seed=seed)
+    world.reset()                                     # the sim's start-up reset
+    rng = np.random.default_rng(seed + 999)
+    steps = []
+    for _ in range(episodes):
+        world.reset()
+        for t in range(max_steps + 1):
+            if world.success():
+                steps.append(t)
+                break
+            if t == max_steps:
+                break
+            a = oracle_action(world.pos, world.goal, cfg) if policy == 'oracle' \
+                else rng.uniform(-cfg.max_speed, cfg.max_speed, 2)
+            world.step(a)
+    return {'success_rate': len(steps) / episodes,
+            'mean_steps': float(np.mean(steps)) if steps else None, 'steps': steps}
+
+
+class _Watcher:
+    """ROS side of the evaluation: resets episodes and records ground truth and diagnostics."""
+
+    def __init__(self, node, record_frames: bool):
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float32, Header
+        from std_srvs.srv import Trigger
+        self.node, self.Trigger = node, Trigger
+        qos = QoSProfile(depth=200)
+        self.poses: dict[int, np.ndarray] = {}
+        self.goal = None
+        self.frames: dict[int, np.ndarray] = {}
+        self.plan_ms: list[float] = []
+        self.markers: list[int] = []
+        node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, qos)
+        node.create_subscription(PoseStamped, 'room_sim/goal', self.on_goal, qos)
+        node.create_subscription(Header, 'room_sim/episode_start',
+                                 lambda m: self.markers.append(_stamp(m.stamp)), qos)
+        node.create_subscription(Float32, 'planner/plan_ms',
+                                 lambda m: self.plan_ms.append(m.data), qos)
+        if record_frames:
+            node.create_subscription(Image, 'camera/image_raw', self.on_image, qos)
+        self.reset_client = node.create_client(Trigger, 'room_sim/reset')
+
+    def on_pose(self, m):
+        self.poses[_stamp(m.header.stamp)] = np.array([m.pose.position.x, m.pose.position.y])
+
+    def on_goal(self, m):
+        self.goal = np.array([m.pose.position.x, m.pose.position.y])
+
+    def on_image(self, m):
+        self.frames[_stamp(m.header.stamp)] = np.frombuffer(bytes(m.data), np.uint8).reshape(
+            m.height, m.width, 3)
+
+
+def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
+                    max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
+                    domain_id: int | None = None, record_frames: bool = False,
+                    params_file: str | None = None, quiet: bool = True,
+                    progress: bool = True) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from tqdm import tqdm
+
+    cfg = WorldConfig()
+    args = {'checkpoint': ckpt or 'shipped', 'device': device}
+    graph = control_graph(args, params_file=params_file)
+    for _, exe, spec in graph:
+        if exe == 'room_sim':
+            spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
+        if exe == 'planner':
+            spec.params['trigger'] = 'timer' if realtime else 'belief'
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    rclpy.init(domain_id=domain_id)
+    node = Node('wmc_eval')
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    watch = _Watcher(node, record_frames)
+    results, t_start = [], time.monotonic()
+    try:
+        with NodeGroup(ros_env(domain_id), quiet=quiet) as group:
+            for _, _, spec in graph:
+                group.start(spec)
+
+            def spin_until(cond, timeout, what):
+                def check():
+                    group.check_alive()
+                    ex.spin_once(timeout_sec=0.01)
+                    return cond()
+                wait_for(check, timeout, what, poll=0)
+            spin_until(lambda: watch.reset_client.service_is_ready()
+                       and node.count_publishers('/planner/plan_ms') > 0
+                       and node.count_publishers('/belief') > 0, 120, 'the control graph')
+            spin_until(lambda: len(watch.plan_ms) > 0 or realtime, 60, 'a first plan')
+            bar = tqdm(range(episodes), desc='eval', unit='ep', disable=not progress)
+            for ep in bar:
+                n_markers = len(watch.markers)
+                fut = watch.reset_client.call_async(watch.Trigger.Request())
+                spin_until(lambda: fut.done() and len(watch.markers) > n_markers, 30,
+                           'the episode reset')
+                start = watch.markers[-1]
+                watch.plan_ms_episode_start = len(watch.plan_ms)
+                outcome = {}
+
+                def done():
+                    stamps = sorted(s for s in watch.poses if s >= start)
+                    for i, s in enumerate(stamps):
+                        if np.linalg.norm(watch.poses[s] - watch.goal) <= cfg.success_radius:
+                            outcome.update(success=True, steps=i, stamps=stamps[:i + 1])
+                            return True
+                    if len(stamps) > max_steps:
+                        outcome.update(success=False, steps=max_steps,
+                                       stamps=stamps[:max_steps + 1])
+                        return True
+                    return False
+                timeout = max_steps * (cfg.dt * 2 + 1.0) if realtime else max_steps * 1.0
+                spin_until(lambda: watch.goal is not None and done(), timeout,
+                           f'episode {ep} to finish')
+                track = np.array([watch.poses[s] for s in outcome['stamps']])
+                frames = [watch.frames[s] for s in outcome['stamps'] if s in watch.frames]
+                results.append({'success': outcome['success'], 'steps': outcome['steps'],
+                                'track': track, 'frames': frames,
+                                'distance': np.linalg.norm(track - watch.goal, axis=1)})
+                bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    ok = [r['steps'] for r in results if r['success']]
+    oracle = baseline('oracle', episodes, seed, max_steps, cfg)
+    rand = baseline('random', episodes, seed, max_steps, cfg)
+    ms = np.array(watch.plan_ms) if watch.plan_ms else np.array([np.nan])
+    summary = {
+        'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
+        'mode': 'realtime' if realtime else 'lockstep', 'device': device,
+        'checkpoint': str(ckpt or 'shipped'),
+        'success_rate': float(np.mean([r['success'] for r in results])),
+        'mean_steps': float(np.mean(ok)) if ok else None,
+        'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
+        'random_success_rate': rand['success_rate'], 'random_mean_steps': rand['mean_steps'],
+        'plan_ms_p50': float(np.percentile(ms, 50)), 'plan_ms_p99': float(np.percentile(ms, 99)),
+        'plan_ms_max': float(np.max(ms)), 'plans': int(len(watch.plan_ms)),
+        'control_period_ms': 1000.0 * cfg.dt,
+        'wall_s': round(time.monotonic() - t_start, 1),
+        'per_episode': [{'success': r['success'], 'steps': r['steps'],
+                         'oracle_steps': (oracle['steps'][i] if i < len(oracle['steps'])
+                                          else None)}
+                        for i, r in enumerate(results)],
+    }
+    if summary['mean_steps'] and oracle['mean_steps']:
+        summary['steps_ratio_vs_oracle'] = summary['mean_steps'] / oracle['mean_steps']
+    summary['_episodes'] = results          # frames and tracks for the demo; not in JSON
+    return summary
+
+
+def write_demo_outputs(summary: dict, out_dir: str | Path, gif_episodes: int = 3) -> dict:
+    """GIF of the camera view with the driven track, and a distance-to-goal plot."""
+    from room_sim.world import RoomWorld
+    from world_model_ctrl.viz import distance_plot, trajectory_gif
+    out_dir = Path(out_dir)
+    eps = summary['_episodes']
+    px = RoomWorld().to_pixels
+    gif_eps = [(np.stack(e['frames']), np.array([px(p) for p in e['track']]))
+               for e in eps[:gif_episodes] if e['frames']]
+    paths = {}
+    if gif_eps:
+        paths['gif'] = str(trajectory_gif(gif_eps, out_dir / 'demo.gif'))
+    paths['plot'] = str(distance_plot([e['distance'] for e in eps], out_dir / 'distance.png',
+                                      dt=WorldConfig().dt,
+                                      success_radius=WorldConfig().success_radius,
+                                      labels=[f'episode {i}' for i in range(len(eps))]))
+    return paths

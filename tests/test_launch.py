@@ -1,0 +1,105 @@
+"""launch/control.launch.py and `wmc up` (graph.control_graph) describe the same graph.
+
+launch/launch_ros are not installable here, so the launch file is loaded against small recording
+stand-ins that evaluate substitutions and typed parameters the way launch_ros does.
+"""
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from world_model_ctrl.graph import LAUNCH_ARGS, control_graph
+from world_model_ctrl.paths import share_dir
+
+LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'control.launch.py'
+
+
+class _Subst:
+    def __init__(self, name):
+        self.name = name
+
+
+def _standins(share: Path) -> dict:
+    """Fake modules: every class records its constructor arguments."""
+    def record(kind):
+        class Action:
+            def __init__(self, *args, **kwargs):
+                self.kind, self.args, self.kwargs = kind, args, kwargs
+        Action.__name__ = kind
+        return Action
+    mods = {name: types.ModuleType(name) for name in (
+        'launch', 'launch.actions', 'launch.conditions', 'launch.substitutions', 'launch_ros',
+        'launch_ros.actions', 'ament_index_python', 'ament_index_python.packages')}
+    mods['launch'].LaunchDescription = lambda entities: list(entities)
+    mods['launch.actions'].DeclareLaunchArgument = record('DeclareLaunchArgument')
+    mods['launch.conditions'].IfCondition = record('IfCondition')
+    mods['launch.substitutions'].LaunchConfiguration = _Subst
+    mods['launch_ros.actions'].Node = record('Node')
+    mods['ament_index_python.packages'].get_package_share_directory = \
+        lambda pkg: str(share) if pkg == 'world_model_ctrl' else pytest.fail(pkg)
+    return mods
+
+
+def launched_graph(args: dict, monkeypatch) -> list[tuple]:
+    for name, mod in _standins(share_dir()).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location('control_launch', LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entities = module.generate_launch_description()
+    declared = {e.kwargs['name'] if 'name' in e.kwargs else e.args[0]: e.kwargs['default_value']
+                for e in entities if e.kind == 'DeclareLaunchArgument'}
+    values = {**declared, **args}
+
+    def ev(x):
+        return values[x.name] if isinstance(x, _Subst) else x
+
+    def typed(x):               # launch_ros yaml-parses parameter values from substitutions
+        return yaml.safe_load(ev(x)) if isinstance(x, _Subst) else x
+
+    nodes = []
+    for e in entities:
+        if e.kind != 'Node':
+            continue
+        cond = e.kwargs.get('condition')
+        if cond is not None and ev(cond.args[0]).lower() not in ('true', '1'):
+            continue
+        files = [str(p) for p in e.kwargs['parameters'] if isinstance(p, str)]
+        params = {}
+        for p in e.kwargs['parameters']:
+            if isinstance(p, dict):
+                params.update({k: typed(v) for k, v in p.items()})
+        nodes.append((e.kwargs['package'], e.kwargs['executable'], e.kwargs['name'],
+                      ev(e.kwargs.get('namespace', '')), files, params,
+                      {k: ev(v) for k, v in e.kwargs.get('remappings', [])}))
+    return declared, nodes
+
+
+def up_graph(args: dict) -> list[tuple]:
+    return [(pkg, exe, s.name, s.namespace, [str(f) for f in s.params_files], s.params, s.remaps)
+            for pkg, exe, s in control_graph(args)]
+
+
+@pytest.mark.parametrize('args', [
+    {},
+    {'use_sim': 'false', 'image_topic': '/front/image_raw', 'cmd_vel_topic': '/base/cmd_vel',
+     'cmd_vel_stamped': 'true', 'namespace': 'robot1', 'checkpoint': '/models/ssm.pt',
+     'device': 'cuda', 'use_sim_time': 'true'},
+])
+def test_launch_file_and_wmc_up_describe_the_same_graph(args, monkeypatch):
+    declared, launched = launched_graph(args, monkeypatch)
+    assert declared == LAUNCH_ARGS
+    assert launched == up_graph(args)
+    names = [n[1] for n in launched]
+    assert names == (['belief', 'planner'] if args.get('use_sim') == 'false'
+                     else ['room_sim', 'belief', 'planner'])
+
+
+def test_graph_params_files_exist_and_unknown_args_fail():
+    for _, _, spec in control_graph():
+        assert all(Path(f).is_file() for f in spec.params_files)
+    with pytest.raises(ValueError, match='unknown launch arguments'):
+        control_graph({'image_topik': '/x'})
