@@ -1,0 +1,21 @@
+"""Machine facts recorded next to every benchmark figure."""
+import datetime
+import os
+import platform
+
+
+def machine_info() -> dict:
+    import torch
+    cpu = platform.processor() or ''
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')),
+                       cpu)
+    except OSError:
+        pass
+    return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'platform': platform.platform(), 'python': platform.python_version(),
+            'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch': torch.__version__,
+            'torch_threads': torch.get_num_threads(),
+            'cuda': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            'load_avg_1m': os.getloadavg()[0]}
