@@ -333,8 +333,8 @@ def test_reward_match_before_and_nearest(tmp_path):
         bag.reward(frame_time(k) + 2_000_000, -float(k))
         bag.cmd(frame_time(k) + 30_000_000, float(k), 0.0)
     bag.write()
-    eps = bag_to_episodes(tmp_path / 'late_rewards', DataConfig(image_size=8,
-                                                                 reward_match='nearest'))
+    nearest = DataConfig(image_size=8, reward_match='nearest')
+    eps = bag_to_episodes(tmp_path / 'late_rewards', nearest)
     np.testing.assert_array_equal(eps[0].rewards, -np.arange(10))
     with pytest.raises(BagError, match='no /reward message within'):
         bag_to_episodes(tmp_path / 'late_rewards', DataConfig(image_size=8))

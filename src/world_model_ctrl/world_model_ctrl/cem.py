@@ -7,10 +7,12 @@ ROS-free: the planner node gives it the belief q(z_t) and a batched `rollout_rew
     result.action  # (A,) command to execute now
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+
+from world_model_ctrl.configs import from_dict
 
 # rollout_rewards(z0 (M, Z), actions (M, H, A)) -> rewards (M, H): reward of z_{t+k}, k = 1..H.
 RolloutRewards = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,10 +60,7 @@ class CEMConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CEMConfig":
         """Build from a YAML/ROS-parameter dict; unknown keys are an error, not ignored."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown CEMConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return from_dict(cls, d, 'CEMConfig keys')
 
 
 @dataclass

@@ -105,9 +105,10 @@ def cmd_eval_ssm(a) -> int:
 
 def _eval_summary_lines(s: dict) -> str:
     ratio = s.get('steps_ratio_vs_oracle')
+    nan = float('nan')
     return (f"success {s['success_rate']:.2f} (oracle {s['oracle_success_rate']:.2f}, random "
-            f"{s['random_success_rate']:.2f}); mean steps {s['mean_steps'] or float('nan'):.1f} vs "
-            f"oracle {s['oracle_mean_steps'] or float('nan'):.1f}"
+            f"{s['random_success_rate']:.2f}); mean steps {s['mean_steps'] or nan:.1f} vs "
+            f"oracle {s['oracle_mean_steps'] or nan:.1f}"
             + (f' (x{ratio:.2f})' if ratio else '')
             + f"; plan ms p50 {s['plan_ms_p50']:.1f} p99 {s['plan_ms_p99']:.1f} "
             f"(control period {s['control_period_ms']:.0f} ms)")

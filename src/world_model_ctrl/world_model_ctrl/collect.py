@@ -1,4 +1,4 @@
-"""`wmc collect`: lockstep room_sim + exploration policy + recorder over real ROS topics -> one bag."""
+"""`wmc collect`: lockstep room_sim + exploration policy + recorder over ROS topics -> one bag."""
 from __future__ import annotations
 
 import json

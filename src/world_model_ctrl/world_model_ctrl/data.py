@@ -47,7 +47,7 @@ import shutil
 import struct
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator, Optional, Sequence, Union
@@ -59,6 +59,8 @@ from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
 from rosbags.image.image import to_cvtype
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
+
+from world_model_ctrl.configs import from_dict
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DataConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown data parameters: {sorted(unknown)}')
-        return cls(**d)
+        return from_dict(cls, d, 'data parameters')
 
     def to_dict(self) -> dict:
         d = asdict(self)

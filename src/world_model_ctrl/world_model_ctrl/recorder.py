@@ -2,8 +2,8 @@
 
 Messages are taken serialised (raw) and written untouched. The log time is the publisher's send
 time (``log_time: send``, default; system clock, ns; rosbag2's send_timestamp) or the time the
-middleware received the message (``log_time: receive``, what `ros2 bag record` logs). SIGINT or SIGTERM closes the bag cleanly after
-draining what is already queued.
+middleware received the message (``log_time: receive``, what `ros2 bag record` logs).
+SIGINT or SIGTERM closes the bag cleanly after draining what is already queued.
 
     recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
 """

@@ -13,7 +13,7 @@ Action convention: prev_actions[:, t] is a_{t-1}, the command in effect when fra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from world_model_ctrl.configs import from_dict
 from world_model_ctrl.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_KIND = 'ssm'
@@ -68,10 +69,7 @@ class SSMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'SSMConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown SSMConfig keys: {sorted(unknown)}')
-        return cls(**d)
+        return from_dict(cls, d, 'SSMConfig keys')
 
     @classmethod
     def from_preset(cls, name: str = 'default', **overrides) -> 'SSMConfig':

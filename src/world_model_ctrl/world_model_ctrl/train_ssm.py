@@ -12,7 +12,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from world_model_ctrl.configs import from_dict
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.checkpoint import load_checkpoint
 from world_model_ctrl.data import DataConfig, SequenceDataset, build_cache, split_episodes
@@ -51,10 +52,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown train parameters: {sorted(unknown)}')
-        return cls(**d)
+        return from_dict(cls, d, 'train parameters')
 
 
 # Named presets over the dataclass defaults: model + train overlays.
