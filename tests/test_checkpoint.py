@@ -120,3 +120,15 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     # non-plain extras are refused at save time, not discovered at load time
     with pytest.raises(TypeError, match=r"extra\['fn'\]: builtin_function_or_method is not"):
         save_checkpoint(path, 'ssm', {}, {}, extra={'fn': len})
+
+
+def test_export_drops_optimizer_and_keeps_the_model(tmp_path):
+    from world_model_ctrl.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+    state = {'w': torch.arange(4.0)}
+    save_checkpoint(tmp_path / 'a.pt', 'ssm', {'x': 1}, state,
+                    {'step': 3, 'optimizer': {'state': {0: {'m': torch.ones(1000)}}}})
+    export_checkpoint(tmp_path / 'a.pt', tmp_path / 'b.pt')
+    b = load_checkpoint(tmp_path / 'b.pt', 'ssm')
+    assert 'optimizer' not in b['extra'] and b['extra']['step'] == 3
+    assert b['config'] == {'x': 1} and torch.equal(b['state_dict']['w'], state['w'])
+    assert (tmp_path / 'b.pt').stat().st_size < (tmp_path / 'a.pt').stat().st_size

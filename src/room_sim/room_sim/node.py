@@ -38,6 +38,7 @@ class RoomSimNode(Node):
         for name, default in WORLD_PARAMS.items():
             self.declare_parameter(name, default)
         self.declare_parameter('goal', Parameter.Type.DOUBLE_ARRAY)
+        self.declare_parameter('start', Parameter.Type.DOUBLE_ARRAY)   # unset = random starts
         self.declare_parameter('seed', 0)
         self.declare_parameter('mode', 'realtime')
         self.declare_parameter('rate_hz', 10.0)
@@ -47,10 +48,7 @@ class RoomSimNode(Node):
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
         p = self.get_parameter
-        try:
-            goal = p('goal').value      # unset = room centre
-        except ParameterUninitializedException:
-            goal = None
+        goal, self.start = (self._optional(name) for name in ('goal', 'start'))
         cfg = WorldConfig(goal=list(goal) if goal else None,
                           **{k: p(k).value for k in WORLD_PARAMS})
         self.mode = p('mode').value
@@ -79,7 +77,7 @@ class RoomSimNode(Node):
         self.sim_ns = 0           # lockstep sim time: steps * dt, monotonic across episodes
         self.last_stamp = None
         self.new_episode = True
-        frame = self.world.reset()
+        frame = self.world.reset(start=self.start)
         if self.mode == 'realtime':
             self.create_timer(1.0 / p('rate_hz').value, self.on_tick)
         else:
@@ -87,6 +85,15 @@ class RoomSimNode(Node):
             self.create_timer(p('republish_period').value / 2, self.on_republish)
             self.last_publish = self.get_clock().now()
             self.publish_frame(frame)
+
+    def _optional(self, name):
+        try:
+            value = self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+        if value is not None and len(value) != 2:
+            raise ValueError(f'{name} must be [x, y] in metres, got {list(value)}')
+        return list(value) if value is not None else None
 
     # -- inputs ----------------------------------------------------------------------------
     def on_params(self, params):
@@ -109,7 +116,7 @@ class RoomSimNode(Node):
             self.publish_frame(frame)
 
     def on_reset(self, request, response):
-        frame = self.world.reset()
+        frame = self.world.reset(start=self.start)
         self.cmd, self.cmd_time = np.zeros(2), None
         self.new_episode = True
         if self.mode == 'lockstep':

@@ -97,4 +97,11 @@ def load_checkpoint(path, kind: Optional[str]) -> dict:
     return ckpt
 
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'FORMAT_VERSION']
+def export_checkpoint(src, dst, drop=('optimizer',)) -> Path:
+    """Copy a checkpoint without training-only state (the optimizer): what gets shipped."""
+    ckpt = load_checkpoint(src, None)
+    extra = {k: v for k, v in ckpt['extra'].items() if k not in drop}
+    return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)
+
+
+__all__ = ['save_checkpoint', 'load_checkpoint', 'export_checkpoint', 'FORMAT_VERSION']

@@ -114,6 +114,14 @@ def _eval_summary_lines(s: dict) -> str:
             f"(control period {s['control_period_ms']:.0f} ms)")
 
 
+def cmd_export(a) -> int:
+    from world_model_ctrl.checkpoint import export_checkpoint
+    path = export_checkpoint(a.src, a.dst)
+    print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB, no optimizer state)',
+          file=sys.stderr)
+    return 0
+
+
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
@@ -225,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=cmd_eval_ssm)
+
+    p = sub.add_parser('export', help='copy a checkpoint without optimizer state (to ship)')
+    p.add_argument('src')
+    p.add_argument('dst')
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('eval', help='closed-loop episodes over ROS vs oracle and random')
     p.add_argument('--ckpt', help='SSM checkpoint (default: the shipped models/ssm.pt)')

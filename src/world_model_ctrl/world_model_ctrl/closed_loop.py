@@ -23,15 +23,15 @@ def _stamp(s) -> int:
 
 
 def baseline(policy: str, episodes: int, seed: int, max_steps: int,
-             cfg: WorldConfig | None = None) -> dict:
+             cfg: WorldConfig | None = None, start=None) -> dict:
     """Oracle or random episodes on the ROS-free world, from the sim's seeded starts."""
     cfg = cfg or WorldConfig()
     world = RoomWorld(cfg, seed=seed)
-    world.reset()                                     # the sim's start-up reset
+    world.reset(start=start)                          # the sim's start-up reset
     rng = np.random.default_rng(seed + 999)
     steps = []
     for _ in range(episodes):
-        world.reset()
+        world.reset(start=start)
         for t in range(max_steps + 1):
             if world.success():
                 steps.append(t)
@@ -86,7 +86,8 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                     max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
                     domain_id: int | None = None, record_frames: bool = False,
                     params_file: str | None = None, quiet: bool = True,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, start=None) -> dict:
+    """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -98,6 +99,8 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     for _, exe, spec in graph:
         if exe == 'room_sim':
             spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
+            if start is not None:
+                spec.params['start'] = [float(v) for v in start]
         if exe == 'planner':
             spec.params['trigger'] = 'timer' if realtime else 'belief'
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -156,8 +159,8 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         node.destroy_node()
         rclpy.try_shutdown()
     ok = [r['steps'] for r in results if r['success']]
-    oracle = baseline('oracle', episodes, seed, max_steps, cfg)
-    rand = baseline('random', episodes, seed, max_steps, cfg)
+    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start)
+    rand = baseline('random', episodes, seed, max_steps, cfg, start)
     ms = np.array(watch.plan_ms) if watch.plan_ms else np.array([np.nan])
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps,

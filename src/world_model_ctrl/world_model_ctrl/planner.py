@@ -44,6 +44,9 @@ class PlannerNode(Node):
         self.declare_parameter('max_speed', 0.5)
         self.declare_parameter('seed', 0)
         self.declare_parameter('threads', 1)
+        # Score candidates on the transition's mean path (particles carry the belief's
+        # uncertainty) or on sampled transitions (PlaNet).
+        self.declare_parameter('sample_transitions', False)
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
@@ -62,6 +65,8 @@ class PlannerNode(Node):
                         action_high=(vmax,) * len(self.fields))
         self.cem = CEMPlanner(cfg, generator=torch.Generator().manual_seed(p('seed').value))
         self.timeout = p('belief_timeout').value
+        sample = bool(p('sample_transitions').value)
+        self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
         self.belief = None                  # (mean, std, header, receive time)
         self.new_belief = False
         self.stop_requested = False
@@ -120,7 +125,7 @@ class PlannerNode(Node):
             return
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = self.cem.plan(self.model.imagine_rewards, torch.from_numpy(mean),
+            res = self.cem.plan(self.rollout, torch.from_numpy(mean),
                                 torch.from_numpy(std))
         self.publish(res.action.cpu().numpy(), header)
         self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))

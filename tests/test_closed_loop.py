@@ -1,0 +1,35 @@
+"""Closed loop over ROS with the shipped model: sim (lockstep) -> belief -> planner -> sim."""
+import numpy as np
+import pytest
+
+from room_sim.world import WorldConfig
+from world_model_ctrl.closed_loop import baseline, run_closed_loop
+from world_model_ctrl.paths import default_checkpoint
+
+
+def test_baselines_use_the_sims_starts_and_the_oracle_is_optimal():
+    cfg = WorldConfig()
+    oracle = baseline('oracle', 10, seed=3, max_steps=100, cfg=cfg)
+    assert oracle['success_rate'] == 1.0
+    rand = baseline('random', 10, seed=3, max_steps=100, cfg=cfg)
+    assert rand['success_rate'] < 0.5
+    near = baseline('oracle', 2, seed=3, max_steps=100, cfg=cfg, start=(1.35, 0.8))
+    # Chebyshev distance 0.35 m at 0.05 m/step, success within 0.1 m: 5 steps.
+    assert near['steps'] == [5, 5]
+
+
+def test_short_closed_loop_reaches_the_goal_from_a_near_start(ros_domain):
+    ckpt = default_checkpoint('ssm.pt')
+    s = run_closed_loop(str(ckpt), episodes=2, seed=1, max_steps=40, domain_id=ros_domain,
+                        start=(1.35, 0.8), progress=False)
+    assert s['success_rate'] == 1.0, s['per_episode']
+    assert s['mean_steps'] <= 2 * s['oracle_mean_steps']
+    assert s['plans'] > 0 and np.isfinite(s['plan_ms_p50'])
+    for ep in s['_episodes']:
+        assert ep['distance'][-1] <= WorldConfig().success_radius < ep['distance'][0]
+
+
+def test_shipped_checkpoint_is_present():
+    assert default_checkpoint('ssm.pt').stat().st_size < 8e6
+    with pytest.raises(FileNotFoundError):
+        default_checkpoint('nope.pt')
