@@ -117,7 +117,12 @@ def test_twist_stamped_parameter(ros_node, sim):
     spin_until(ros_node, lambda: pub.get_subscription_count() > 0, what='stamped subscription')
     spin_until(ros_node, lambda: probe.poses, what='a pose (republished in lockstep)')
     p0, n = probe.pos(), len(probe.poses)
+    stale = TwistStamped()                 # stamped for a frame that is not the current one
+    stale.header.stamp.sec = 12345
+    stale.twist.linear.x = 0.5
+    pub.publish(stale)                     # lockstep ignores a command for another frame
     cmd = TwistStamped()
+    cmd.header.stamp = probe.poses[-1].header.stamp
     cmd.twist.linear.y = 0.5
     pub.publish(cmd)
     spin_until(ros_node, lambda: len(probe.poses) > n and not np.allclose(probe.pos(), p0),

@@ -104,6 +104,12 @@ class RoomSimNode(Node):
         return SetParametersResult(successful=True)
 
     def on_cmd(self, msg):
+        if self.mode == 'lockstep' and isinstance(msg, TwistStamped) \
+                and (msg.header.stamp.sec, msg.header.stamp.nanosec) != \
+                (self.last_stamp.sec, self.last_stamp.nanosec):
+            # A stamped command answers one frame: one planned for an older frame (e.g. the
+            # last episode's) would step the world twice per frame. Ignore it.
+            return
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
         cmd = np.array([twist.linear.x, twist.linear.y])
         if not np.all(np.isfinite(cmd)):

@@ -32,6 +32,10 @@ class BeliefNode(Node):
         self.declare_parameter('cmd_vel_stamped', False)
         self.declare_parameter('action_fields', ['linear.x', 'linear.y'])
         self.declare_parameter('threads', 1)
+        # Lockstep sims: every frame is caused by exactly one command, which may reach this
+        # node just after the frame; hold the frame until it arrives (at most cmd_sync_timeout).
+        self.declare_parameter('cmd_sync', False)
+        self.declare_parameter('cmd_sync_timeout', 0.05)
         p = self.get_parameter
         torch.set_num_threads(max(1, p('threads').value))
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
@@ -44,6 +48,12 @@ class BeliefNode(Node):
                              f'{self.model.config.action_dim}')
         self.h = None
         self.last_action = np.zeros(len(self.fields), np.float32)
+        self.cmd_sync = p('cmd_sync').value
+        self.sync_timeout = p('cmd_sync_timeout').value
+        self.new_cmd = False        # a command arrived since the last filtered frame
+        self.first = True           # next frame starts an episode: nothing caused it
+        self.pending = None         # (frame msg, arrival time) waiting for its command
+        self.last_stamp = None
         self.pub = self.create_publisher(Image, 'belief', 10)
         self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
         # Commands are subscribed before images: with both pending, rclpy takes them in
@@ -56,15 +66,40 @@ class BeliefNode(Node):
                                  qos_profile_sensor_data)
         self.get_logger().info(f'belief from {ckpt} on {self.device}')
 
+        if self.cmd_sync:
+            self.create_timer(self.sync_timeout / 2, self.flush_pending)
+
     def on_cmd(self, msg):
         self.last_action = action_from_cmd(msg, self.fields)
+        self.new_cmd = True
+        if self.pending is not None:
+            self.filter(self.pending[0])
 
     def on_reset(self, msg):
         self.h = None
         self.last_action[:] = 0.0
+        self.first = True
+
+    def on_image(self, msg):
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if stamp == self.last_stamp:
+            return                        # a re-sent frame (lockstep sim after a loss)
+        if self.cmd_sync and not self.first and not self.new_cmd:
+            self.pending = (msg, time.monotonic())
+            return
+        self.filter(msg)
+
+    def flush_pending(self):
+        if self.pending is not None and time.monotonic() - self.pending[1] > self.sync_timeout:
+            self.filter(self.pending[0])  # its command never came: use the last one
 
     @torch.no_grad()
-    def on_image(self, msg):
+    def filter(self, msg):
+        if self.first:                    # nothing led to an episode's first frame
+            self.last_action[:] = 0.0
+        self.pending = None
+        self.new_cmd = self.first = False
+        self.last_stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         t0 = time.perf_counter()
         try:
             rgb = image_to_rgb(msg, self.size)

@@ -94,7 +94,9 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     from tqdm import tqdm
 
     cfg = WorldConfig()
-    args = {'checkpoint': ckpt or 'shipped', 'device': device}
+    args = {'checkpoint': ckpt or 'shipped', 'device': device,
+            # lockstep: stamped commands name the frame they answer; room_sim drops stale ones
+            'cmd_vel_stamped': 'false' if realtime else 'true'}
     graph = control_graph(args, params_file=params_file)
     for _, exe, spec in graph:
         if exe == 'room_sim':
@@ -103,6 +105,10 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                 spec.params['start'] = [float(v) for v in start]
         if exe == 'planner':
             spec.params['trigger'] = 'timer' if realtime else 'belief'
+            if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
+                spec.params['belief_timeout'] = 2.0
+        if exe == 'belief' and not realtime:
+            spec.params['cmd_sync'] = True        # one command per frame in lockstep
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
     node = Node('wmc_eval')
@@ -131,12 +137,11 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                 fut = watch.reset_client.call_async(watch.Trigger.Request())
                 spin_until(lambda: fut.done() and len(watch.markers) > n_markers, 30,
                            'the episode reset')
-                start = watch.markers[-1]
-                watch.plan_ms_episode_start = len(watch.plan_ms)
+                first = watch.markers[-1]          # stamp of the episode's first frame
                 outcome = {}
 
                 def done():
-                    stamps = sorted(s for s in watch.poses if s >= start)
+                    stamps = sorted(s for s in watch.poses if s >= first)
                     for i, s in enumerate(stamps):
                         if np.linalg.norm(watch.poses[s] - watch.goal) <= cfg.success_radius:
                             outcome.update(success=True, steps=i, stamps=stamps[:i + 1])

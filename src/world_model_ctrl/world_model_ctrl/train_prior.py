@@ -1,0 +1,316 @@
+"""`wmc train-prior`: fit the DDPM image prior on the camera frames of rosbags (CleanRL-style).
+
+Config = three dataclasses (model: DiffusionConfig, data: DataConfig, train: TrainPriorConfig),
+resolved from a named preset, an optional YAML overlay ({preset, model, data, train}) and CLI
+overrides, exactly as train-ssm. Frames come from the same dataset cache, split by episode; each
+batch is frames drawn at random from the training episodes. The checkpoint holds the EMA weights
+(what sampling and scoring use), the raw weights and optimiser for --resume, and, once training
+ends, the OOD threshold calibrated on held-out frames. Multi-GPU: `torchrun --nproc_per_node N
+-m world_model_ctrl.cli train-prior ...` (DistributedDataParallel, rank 0 logs and saves).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from world_model_ctrl.cem import resolve_device
+from world_model_ctrl.checkpoint import load_checkpoint
+from world_model_ctrl.data import DataConfig, build_cache, split_episodes
+from world_model_ctrl.diffusion import (CHECKPOINT_KIND, EMA, DiffusionConfig, PriorModel,
+                                        calibrate_threshold)
+from world_model_ctrl.ssm import images_to_tensor
+from world_model_ctrl.train_ssm import _distributed, load_yaml
+from world_model_ctrl.validity import validity_fraction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainPriorConfig:
+    """Optimisation and bookkeeping (the model and data have their own configs)."""
+
+    steps: int = 20000          # gradient steps (in total, also when resumed)
+    batch_size: int = 32        # frames per step (per process under torchrun)
+    lr: float = 2e-4            # Adam learning rate
+    grad_clip: float = 1.0      # global gradient-norm clip
+    warmup: int = 500           # linear learning-rate warm-up steps
+    log_every: int = 50         # TensorBoard scalars every N steps
+    sample_every: int = 2000    # validation loss, DDIM sample grid and its validity every N steps
+    ckpt_every: int = 2000      # checkpoint every N steps (and at the end)
+    val_frames: int = 256       # held-out frames for the validation loss (fixed t and noise)
+    samples: int = 16           # DDIM samples per TensorBoard grid
+    calib_frames: int = 1024    # held-out frames the OOD threshold is calibrated on, at the end
+    ood_quantile: float = 0.99  # threshold = this quantile of held-out OOD scores
+    seed: int = 0               # torch / sampling seed
+    device: str = 'auto'        # auto | cpu | cuda | cuda:N
+    bf16: bool = True           # bf16 autocast on CUDA (ignored on CPU)
+    threads: int = 0            # torch CPU threads (0 = torch's default)
+
+    def __post_init__(self):
+        for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if not 0.0 < self.ood_quantile < 1.0:
+            raise ValueError(f'ood_quantile must be in (0, 1), got {self.ood_quantile}')
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'TrainPriorConfig':
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f'unknown train parameters: {sorted(unknown)}')
+        return cls(**d)
+
+
+# Named presets over the dataclass defaults: model + train overlays.
+PRESETS = {
+    'default': {'model': {}, 'train': {}},
+    # Sized for CPU training on 2 cores (the shipped checkpoint): 0.5 GFLOP per 64x64 frame.
+    'small': {'model': {'preset': 'small'},
+              'train': dict(steps=6000, batch_size=16, lr=4e-4, warmup=200, sample_every=1000,
+                            ckpt_every=500, calib_frames=512)},
+    # Seconds, for tests and smoke runs.
+    'debug': {'model': {'preset': 'debug'},
+              'train': dict(steps=30, batch_size=8, lr=2e-3, warmup=5, log_every=5,
+                            sample_every=15, ckpt_every=15, val_frames=16, samples=4,
+                            calib_frames=32)},
+}
+
+
+def resolve_config(preset: str = 'default', overlay: Optional[dict] = None,
+                   overrides: Optional[dict] = None) -> dict:
+    """-> {'model': DiffusionConfig, 'data': DataConfig, 'train': TrainPriorConfig}. Later wins."""
+    overlay = dict(overlay or {})
+    preset = overlay.pop('preset', preset)
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
+    bad = set(overlay) - {'model', 'data', 'train'}
+    if bad:
+        raise ValueError(f'config sections must be model, data, train; got {sorted(bad)}')
+    merged: dict = {'model': {}, 'data': {}, 'train': {}}
+    for layer in (PRESETS[preset], overlay, overrides or {}):
+        for section in merged:
+            merged[section].update(layer.get(section) or {})
+    model_preset = merged['model'].pop('preset', 'default')
+    return {'model': DiffusionConfig.from_preset(model_preset, **merged['model']),
+            'data': DataConfig.from_dict(merged['data']),
+            'train': TrainPriorConfig.from_dict(merged['train'])}
+
+
+def episode_frames(cache, episodes_idx) -> np.ndarray:
+    """Cache frame indices of the given episodes, (N,) int64."""
+    parts = [np.arange(cache.offsets[i], cache.offsets[i + 1]) for i in episodes_idx]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def frames_to_tensor(cache, idx: np.ndarray, device) -> torch.Tensor:
+    """Frames ``idx`` of the cache -> float (B, C, S, S) in [0, 1] on ``device``."""
+    images = torch.from_numpy(np.asarray(cache.images[np.sort(idx)]))     # (B, S, S, 3) uint8
+    return images_to_tensor(images.to(device, non_blocking=True))
+
+
+def spread(idx: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` evenly spaced entries of ``idx`` (a fixed, reproducible subset)."""
+    if len(idx) <= n:
+        return idx
+    return idx[np.linspace(0, len(idx) - 1, n).round().astype(np.int64)]
+
+
+@torch.no_grad()
+def validation_loss(model: PriorModel, cache, idx: np.ndarray, device, seed: int = 0) -> dict:
+    """Mean loss terms over fixed frames with fixed t and noise: comparable across steps."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    totals: dict[str, float] = {}
+    for chunk in np.array_split(idx, max(1, math.ceil(len(idx) / 64))):
+        terms = model.loss(frames_to_tensor(cache, chunk, device), generator=g)
+        for k, v in terms.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
+    return {k: v / len(idx) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def ood_scores(model: PriorModel, cache, idx: np.ndarray, device, batch: int = 64) -> np.ndarray:
+    out = [model.ood_score(frames_to_tensor(cache, chunk, device)).cpu().numpy()
+           for chunk in np.array_split(idx, max(1, math.ceil(len(idx) / batch)))]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = None,
+          cache_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """Train and write checkpoints to ``out``; returns a summary (throughput, final metrics)."""
+    mcfg: DiffusionConfig = cfg['model']
+    dcfg: DataConfig = cfg['data']
+    tcfg: TrainPriorConfig = cfg['train']
+    rank, world, local_rank = _distributed()
+    device = resolve_device(tcfg.device)
+    if device.type == 'cuda' and world > 1:
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    if device.type == 'cpu':
+        # Denormal floats appear as training settles and slow CPU kernels several-fold.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(tcfg.seed + rank)
+    out = Path(out)
+    if mcfg.image_size != dcfg.image_size:
+        raise ValueError(f'model image_size {mcfg.image_size} != data image_size '
+                         f'{dcfg.image_size}: set both (data.image_size, model.image_size)')
+
+    # -- data: one on-disk cache shared by all ranks; split by episode --------------------
+    cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
+    cache = build_cache(list(bags), cache_dir, dcfg, progress=progress and rank == 0)
+    train_eps, val_eps = split_episodes(range(len(cache)), dcfg.val_fraction, dcfg.seed)
+    train_idx, val_idx = episode_frames(cache, train_eps), episode_frames(cache, val_eps)
+    rng = np.random.default_rng(tcfg.seed * 1000 + rank)
+
+    # -- model, EMA, optimiser, resume ------------------------------------------------------
+    model = PriorModel(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    step = 0
+    ckpt = None
+    if resume:
+        if not out.exists():
+            raise FileNotFoundError(f'--resume: no checkpoint at {out}')
+        ckpt = load_checkpoint(out, CHECKPOINT_KIND)
+        if ckpt['config'] != mcfg.to_dict():
+            diff = {k: (ckpt['config'].get(k), v) for k, v in mcfg.to_dict().items()
+                    if ckpt['config'].get(k) != v}
+            raise ValueError(f'--resume: {out} was trained with another model config '
+                             f'(checkpoint vs now): {diff}')
+        extra = ckpt['extra']
+        model.load_state_dict(extra.get('raw_state_dict', ckpt['state_dict']))
+        if 'optimizer' in extra:
+            opt.load_state_dict(extra['optimizer'])
+        step = int(extra.get('step', 0))
+        rng = np.random.default_rng([tcfg.seed * 1000 + rank, step])   # fresh frames after resume
+        log.info('resumed %s at step %d', out, step)
+    ema = EMA(model, mcfg.ema_decay, updates=step)
+    if ckpt is not None:
+        ema.model.load_state_dict(ckpt['state_dict'])
+    # DDP synchronises gradients through forward(), so the loss goes through a forward().
+    net = _Loss(model)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == 'cuda' else None,
+            broadcast_buffers=False)      # the only buffers are the fixed noise schedule
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir or str(out.with_suffix('')) + '_tb')
+    amp = (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and tcfg.bf16
+           else nullcontext())
+    val_subset = spread(val_idx, tcfg.val_frames)
+
+    def save(metrics: dict, ood: Optional[dict] = None):
+        if rank != 0:
+            return
+        ema.model.save(out, extra={
+            'step': step, 'raw_state_dict': model.state_dict(), 'optimizer': opt.state_dict(),
+            'metrics': metrics, 'ood': ood, 'data': dcfg.to_dict(), 'train': asdict(tcfg),
+            'dataset': {'bags': [str(Path(b).resolve()) for b in bags], 'episodes': len(cache),
+                        'frames': cache.num_frames, 'train_episodes': len(train_eps),
+                        'val_episodes': len(val_eps)}})
+
+    def evaluate(tag_step: int) -> dict:
+        """Validation loss, a DDIM sample grid and the share of valid samples (rank 0)."""
+        metrics = {}
+        if len(val_subset):
+            metrics = {f'val_{k}': v for k, v in validation_loss(
+                ema.model, cache, val_subset, device, tcfg.seed).items()}
+        g = torch.Generator(device=device).manual_seed(tcfg.seed)
+        with amp:
+            samples = ema.model.ddim_sample(tcfg.samples, generator=g).float()
+        frames = (samples * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        metrics['sample_validity'], _ = validity_fraction(frames)
+        for k, v in metrics.items():
+            writer.add_scalar(f'val/{k[4:]}' if k.startswith('val_') else f'val/{k}', v,
+                              tag_step)
+        writer.add_images('samples/ddim', samples, tag_step)
+        return metrics
+
+    def calibrate() -> Optional[dict]:
+        """OOD threshold from held-out frames' scores (EMA weights), stored in the checkpoint."""
+        if not len(val_idx):
+            log.warning('no held-out episodes: the OOD threshold is left uncalibrated')
+            return None
+        idx = spread(val_idx, tcfg.calib_frames)
+        with amp:
+            scores = ood_scores(ema.model, cache, idx, device)
+        return {'threshold': calibrate_threshold(scores, tcfg.ood_quantile),
+                'quantile': tcfg.ood_quantile, 'frames': len(idx),
+                't_levels': ema.model.diffusion.default_ood_levels(), 'n_noise': 1, 'seed': 0,
+                'score_mean': float(scores.mean()), 'score_max': float(scores.max())}
+
+    remaining = tcfg.steps - step
+    if remaining <= 0:
+        log.info('already trained for %d steps', step)
+    metrics: dict = {}
+    ood = None
+    t0, frames, side = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=tcfg.steps, initial=step, desc='train-prior', unit='step',
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    model.train()
+    while step < tcfg.steps:
+        images = frames_to_tensor(cache, rng.choice(train_idx, tcfg.batch_size), device)
+        for group in opt.param_groups:
+            group['lr'] = tcfg.lr * min(1.0, (step + 1) / max(1, tcfg.warmup))
+        with amp:
+            terms = net(images)
+        opt.zero_grad(set_to_none=True)
+        terms['loss'].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+        frames += images.shape[0] * world
+        bar.update(1)
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
+            if writer is not None:
+                for k, v in terms.items():
+                    writer.add_scalar(f'train/{k}', float(v.detach()), step)
+                writer.add_scalar('train/grad_norm', float(gnorm), step)
+                writer.add_scalar('train/images_per_s',
+                                  frames / (time.perf_counter() - t0 - side), step)
+        t_side = time.perf_counter()
+        if rank == 0 and (step % tcfg.sample_every == 0 or step == tcfg.steps):
+            metrics = evaluate(step)
+        if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
+            if step == tcfg.steps and rank == 0:
+                ood = calibrate()
+            save(metrics, ood)
+        side += time.perf_counter() - t_side
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    train_s = elapsed - side            # throughput counts training steps only
+    if writer is not None:
+        writer.close()
+    model.eval()
+    trained = remaining > 0 and train_s > 0
+    return {'checkpoint': str(out), 'steps': step, 'seconds': round(elapsed, 2),
+            'images_per_s': round(frames / train_s, 1) if trained else None,
+            'device': str(device), 'world_size': world,
+            'ood_threshold': ood['threshold'] if ood else None, **metrics}
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, model: PriorModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images) -> dict:
+        return self.model.loss(images)
+
+
+__all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'load_yaml', 'train',
+           'episode_frames', 'frames_to_tensor', 'validation_loss', 'ood_scores']
