@@ -97,8 +97,8 @@ def load_checkpoint(path, kind: Optional[str]) -> dict:
     return ckpt
 
 
-def export_checkpoint(src, dst, drop=('optimizer',)) -> Path:
-    """Copy a checkpoint without training-only state (the optimizer): what gets shipped."""
+def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
+    """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights)."""
     ckpt = load_checkpoint(src, None)
     extra = {k: v for k, v in ckpt['extra'].items() if k not in drop}
     return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)

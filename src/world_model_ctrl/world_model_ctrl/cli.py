@@ -69,17 +69,61 @@ def _overrides(a, train_keys=('steps', 'batch_size', 'seq_len', 'lr', 'device', 
     return out
 
 
-def cmd_train_ssm(a) -> int:
-    from world_model_ctrl.train_ssm import load_yaml, resolve_config, train
-    overlay = load_yaml(a.config) if a.config else None
-    cfg = resolve_config(a.preset, overlay, _overrides(a))
+def _cmd_train(a, module) -> int:
+    """train-ssm and train-prior: the same conventions, different model."""
+    overlay = module.load_yaml(a.config) if a.config else None
+    cfg = module.resolve_config(a.preset, overlay, _overrides(a))
     out = Path(a.out)
     if out.exists() and not a.resume and not a.force:
         raise FileExistsError(f'{out} exists; pass --resume to continue it or --force to '
                               'start over')
-    summary = train(a.bags, out, cfg, resume=a.resume, log_dir=a.log_dir,
-                    cache_dir=a.cache_dir, progress=not a.no_progress)
+    summary = module.train(a.bags, out, cfg, resume=a.resume, log_dir=a.log_dir,
+                           cache_dir=a.cache_dir, progress=not a.no_progress)
     _write_json(summary, a.json)
+    return 0
+
+
+def cmd_train_ssm(a) -> int:
+    from world_model_ctrl import train_ssm
+    return _cmd_train(a, train_ssm)
+
+
+def cmd_train_prior(a) -> int:
+    from world_model_ctrl import train_prior
+    return _cmd_train(a, train_prior)
+
+
+def cmd_eval_prior(a) -> int:
+    from world_model_ctrl.cem import resolve_device
+    from world_model_ctrl.eval_prior import eval_prior
+    from world_model_ctrl.paths import resolve_checkpoint
+    ckpt = resolve_checkpoint(a.ckpt, 'prior.pt')
+    result = eval_prior(ckpt, a.bags, samples=a.samples, frames=a.frames,
+                        save_samples_dir=a.save_samples, device=resolve_device(a.device),
+                        seed=a.seed, progress=not a.no_progress)
+    _write_json(result, a.json)
+    if a.json:
+        print(f"bits/dim {result['bits_per_dim']:.3f}, sample validity "
+              f"{result['sample_validity']:.2f}, OOD AUROC {result['ood_auroc']:.3f}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_score_prior(a) -> int:
+    from world_model_ctrl.cem import resolve_device
+    from world_model_ctrl.diffusion import PriorModel
+    from world_model_ctrl.eval_prior import frames_from_bags, frames_from_dir, score_frames
+    from world_model_ctrl.paths import resolve_checkpoint
+    device = resolve_device(a.device)
+    model = PriorModel.from_checkpoint(resolve_checkpoint(a.ckpt, 'prior.pt'), device=device)
+    if a.images:
+        frames, names = frames_from_dir(a.images, model.config.image_size)
+    else:
+        frames = frames_from_bags(a.bags, model)
+        names = [f'frame {i}' for i in range(len(frames))]
+    result = score_frames(model, frames, device=device)
+    result['names'] = names
+    _write_json(result, a.json)
     return 0
 
 
@@ -233,6 +277,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=cmd_eval_ssm)
+
+    p = sub.add_parser('train-prior', help='fit the DDPM image prior on bags')
+    _add_train_args(p, 'checkpoints/prior.pt')
+    p.set_defaults(func=cmd_train_prior)
+
+    p = sub.add_parser('eval-prior', help='bits/dim, sample validity, OOD AUROC')
+    p.add_argument('--ckpt', help='prior checkpoint (default: the shipped models/prior.pt)')
+    p.add_argument('--bags', nargs='+', required=True)
+    p.add_argument('--json', help='write the metrics here (default: stdout)')
+    p.add_argument('--samples', type=int, default=64, help='DDIM samples for validity')
+    p.add_argument('--frames', type=int, default=128, help='held-out frames evaluated')
+    p.add_argument('--save-samples', metavar='DIR', help='write the samples as PNG files')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=cmd_eval_prior)
+
+    p = sub.add_parser('score-prior', help='per-frame OOD score (higher = more unusual)')
+    p.add_argument('--ckpt', help='prior checkpoint (default: the shipped models/prior.pt)')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--bags', nargs='+')
+    src.add_argument('--images', metavar='DIR', help='a folder of PNG/JPEG frames')
+    p.add_argument('--json', help='write the scores here (default: stdout)')
+    p.add_argument('--device', default='auto')
+    p.set_defaults(func=cmd_score_prior)
 
     p = sub.add_parser('export', help='copy a checkpoint without optimizer state (to ship)')
     p.add_argument('src')

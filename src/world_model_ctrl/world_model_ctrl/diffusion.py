@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -22,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from world_model_ctrl.checkpoint import load_checkpoint, save_checkpoint
+from world_model_ctrl.configs import from_dict
 
 CHECKPOINT_KIND = 'prior'
-# noise levels of ood_score as fractions of T: low levels see texture (noise, blur), higher ones
-# see layout (extra objects, a changed room)
-OOD_LEVELS = (0.05, 0.15, 0.3)
+# noise levels of ood_score as fractions of T: low levels see texture and colour (noise, blur,
+# a colour shift), higher ones layout (extra objects, a changed room)
+OOD_LEVELS = (0.02, 0.1, 0.3)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,10 +78,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DiffusionConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown DiffusionConfig keys: {sorted(unknown)}')
-        return cls(**d)
+        return from_dict(cls, d, 'DiffusionConfig keys')
 
     @classmethod
     def from_preset(cls, name: str = 'default', **overrides) -> 'DiffusionConfig':
@@ -192,15 +190,19 @@ class GaussianDiffusion(nn.Module):
 
     # ---- reverse process ----
 
+    def _x0_from(self, out, xt, t) -> torch.Tensor:
+        """x0_hat from the network output (the output itself, or x_t minus the noise)."""
+        if self.target == 'x0':
+            return out
+        ab = self.abar[t]
+        return (xt - _bcast((1 - ab).sqrt(), xt) * out) / _bcast(ab.sqrt(), xt)
+
     def predict(self, model: Model, xt, t, clip: bool = False):
         """Network output -> (x0_hat, eps_hat), consistent with each other (after clipping)."""
         t = t.to(self.abar.device)
         ab = self.abar[t]
         out = model(xt, t.to(xt.device)).to(xt.dtype)       # float even under bf16 autocast
-        if self.target == 'eps':
-            x0 = (xt - _bcast((1 - ab).sqrt(), xt) * out) / _bcast(ab.sqrt(), xt)
-        else:
-            x0 = out
+        x0 = self._x0_from(out, xt, t)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
         if self.target == 'eps' and not clip:
@@ -231,9 +233,7 @@ class GaussianDiffusion(nn.Module):
         out = model(xt, t.to(x0.device)).to(x0.dtype)
         dims = tuple(range(1, x0.dim()))
         mse = ((out - (eps if self.target == 'eps' else x0)) ** 2).mean(dims)
-        ab = self.abar[t]
-        x0_hat = out if self.target == 'x0' else \
-            (xt - _bcast((1 - ab).sqrt(), xt) * out) / _bcast(ab.sqrt(), xt)
+        x0_hat = self._x0_from(out, xt, t)
         # c_t^2 / (2 alpha~_t) = (SNR(t-1) - SNR(t)) / 2 (theory.md's corrected weight)
         w = 0.5 * (self.snr[(t - 1).clamp(min=1)] - self.snr[t])
         kl = w.to(x0.dtype) * ((x0 - x0_hat) ** 2).sum(dims)
@@ -262,7 +262,7 @@ class GaussianDiffusion(nn.Module):
             return list(range(self.T, 0, -1))
         if steps < 1:
             raise ValueError(f'steps must be >= 1, got {steps}')
-        ts = np.unique(np.round(np.linspace(1, self.T, steps)).astype(int))
+        ts = np.unique(np.round(np.linspace(self.T, 1, steps)).astype(int))   # always from T
         return ts[::-1].tolist()
 
     @torch.no_grad()
@@ -363,10 +363,12 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def ood_score(self, model: Model, x0, t_levels: Optional[Sequence[int]] = None,
                   n_noise: int = 1, seed: int = 0) -> torch.Tensor:
-        """Mean x_0-reconstruction error from a few fixed noise levels, one batched pass: (B,).
+        """x_0-reconstruction error from a few fixed noise levels in one batched pass: (B,).
 
-        The noise is a fixed draw shared by every frame, so a frame's score does not depend on
-        the batch it came in. Higher = less like the training frames.
+        Each level's mean squared error is weighted by SNR(t), i.e. measured against that
+        level's noise (it is then the eps-prediction error): unweighted, the noisiest level
+        would drown the others. The noise is a fixed draw shared by every frame, so a frame's
+        score does not depend on the batch it came in. Higher = less like the training frames.
         """
         levels = list(t_levels) if t_levels is not None else self.default_ood_levels()
         if not levels or min(levels) < 1 or max(levels) > self.T or n_noise < 1:
@@ -381,7 +383,7 @@ class GaussianDiffusion(nn.Module):
         xt = self.q_sample(x, tt, eps.repeat(B, *([1] * (x0.dim() - 1))))
         x0_hat, _ = self.predict(model, xt, tt, clip=True)
         err = ((x0_hat - x) ** 2).mean(tuple(range(1, x0.dim())))        # (B*K,)
-        return err.view(B, K).mean(1)
+        return (err * self.snr[tt].to(err.dtype)).view(B, K).mean(1)
 
 
 # ---- UNet ---------------------------------------------------------------------------------
@@ -617,14 +619,15 @@ class PriorModel(nn.Module):
 
     @torch.no_grad()
     def ood_score(self, images, t_levels: Optional[Sequence[int]] = None,
-                  n_noise: int = 1, seed: int = 0) -> torch.Tensor:
+                  n_noise: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
         """Per-frame unusualness (B,); settings default to those the threshold was fit with."""
         self._check_images(images)
         ood = self.checkpoint_extra.get('ood') or {}
-        if t_levels is None:
-            t_levels = ood.get('t_levels')
-        return self.diffusion.ood_score(self.net, images_to_model(images), t_levels,
-                                        n_noise, seed)
+        return self.diffusion.ood_score(
+            self.net, images_to_model(images),
+            ood.get('t_levels') if t_levels is None else t_levels,
+            ood.get('n_noise', 1) if n_noise is None else n_noise,
+            ood.get('seed', 0) if seed is None else seed)
 
     @property
     def ood_threshold(self) -> Optional[float]:

@@ -163,14 +163,15 @@ def held_out_frames(model: PriorModel, bags, progress: bool = False) -> tuple[np
     return np.concatenate([e.images for e in episodes]), source
 
 
-def _spread(frames: np.ndarray, n: int) -> np.ndarray:
-    if len(frames) <= n:
-        return frames
-    return frames[np.linspace(0, len(frames) - 1, n).round().astype(np.int64)]
+def spread(items: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` evenly spaced entries (a fixed, reproducible subset)."""
+    if len(items) <= n:
+        return items
+    return items[np.linspace(0, len(items) - 1, n).round().astype(np.int64)]
 
 
-def _batched(fn, frames: np.ndarray, device, batch: int) -> np.ndarray:
-    """fn over (B, C, S, S) float tensors made from uint8 frame batches -> concatenated numpy."""
+def map_batches(fn, frames: np.ndarray, device, batch: int = 64) -> np.ndarray:
+    """fn over (B, C, S, S) [0, 1] tensors made from (N, S, S, 3) uint8 frames -> numpy."""
     out = []
     for i in range(0, len(frames), batch):
         x = images_to_tensor(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])))
@@ -193,7 +194,7 @@ def score_frames(ckpt: Union[str, Path, PriorModel], frames: np.ndarray, device=
     whether each is above the checkpoint's calibrated threshold (None if it has none)."""
     model = _load(ckpt, device)
     frames = fit_size(frames, model.config.image_size)
-    scores = _batched(model.ood_score, frames, device, batch_size)
+    scores = map_batches(model.ood_score, frames, device, batch_size)
     thr = model.ood_threshold
     ood = model.checkpoint_extra.get('ood') or {}
     return {'scores': scores.tolist(), 'threshold': thr,
@@ -255,9 +256,9 @@ def evaluate_prior(model: PriorModel, frames: np.ndarray, samples: int = 64,
 
     # -- OOD detection ----------------------------------------------------------------------
     rng = np.random.default_rng(seed)
-    clean = _batched(model.ood_score, frames, device, batch_size)
-    corrupted = {name: _batched(model.ood_score, CORRUPTIONS[name](frames, rng), device,
-                                batch_size) for name in corruptions}
+    clean = map_batches(model.ood_score, frames, device, batch_size)
+    corrupted = {name: map_batches(model.ood_score, CORRUPTIONS[name](frames, rng), device,
+                                   batch_size) for name in corruptions}
     if corrupted:
         out['ood_auroc'] = auroc(np.concatenate(list(corrupted.values())), clean)
         out['ood_auroc_per_corruption'] = {k: auroc(v, clean) for k, v in corrupted.items()}
@@ -281,7 +282,7 @@ def eval_prior(ckpt, bags, samples: int = 64, frames: int = 128, nll_steps: Opti
     spread). ``save_threshold`` writes the threshold calibrated here into the checkpoint."""
     model = PriorModel.from_checkpoint(ckpt, device=device)
     held_out, source = held_out_frames(model, bags, progress)
-    out = evaluate_prior(model, _spread(held_out, frames), samples, nll_steps, device, seed,
+    out = evaluate_prior(model, spread(held_out, frames), samples, nll_steps, device, seed,
                          save_samples_dir)
     out.update({'checkpoint': str(ckpt), 'bags': [str(b) for b in bags], 'device': str(device),
                 'held_out': source, 'held_out_frames_available': len(held_out)})
@@ -298,4 +299,5 @@ def eval_prior(ckpt, bags, samples: int = 64, frames: int = 128, nll_steps: Opti
 
 
 __all__ = ['auroc', 'CORRUPTIONS', 'score_frames', 'evaluate_prior', 'eval_prior',
-           'held_out_frames', 'frames_from_bags', 'frames_from_dir', 'fit_size']
+           'held_out_frames', 'frames_from_bags', 'frames_from_dir', 'fit_size', 'spread',
+           'map_batches']

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,9 +24,11 @@ from tqdm import tqdm
 
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.checkpoint import load_checkpoint
+from world_model_ctrl.configs import from_dict
 from world_model_ctrl.data import DataConfig, build_cache, split_episodes
 from world_model_ctrl.diffusion import (CHECKPOINT_KIND, EMA, DiffusionConfig, PriorModel,
                                         calibrate_threshold)
+from world_model_ctrl.eval_prior import map_batches, spread
 from world_model_ctrl.ssm import images_to_tensor
 from world_model_ctrl.train_ssm import _distributed, load_yaml
 from world_model_ctrl.validity import validity_fraction
@@ -64,10 +66,7 @@ class TrainPriorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainPriorConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown train parameters: {sorted(unknown)}')
-        return cls(**d)
+        return from_dict(cls, d, 'train parameters')
 
 
 # Named presets over the dataclass defaults: model + train overlays.
@@ -117,13 +116,6 @@ def frames_to_tensor(cache, idx: np.ndarray, device) -> torch.Tensor:
     return images_to_tensor(images.to(device, non_blocking=True))
 
 
-def spread(idx: np.ndarray, n: int) -> np.ndarray:
-    """Up to ``n`` evenly spaced entries of ``idx`` (a fixed, reproducible subset)."""
-    if len(idx) <= n:
-        return idx
-    return idx[np.linspace(0, len(idx) - 1, n).round().astype(np.int64)]
-
-
 @torch.no_grad()
 def validation_loss(model: PriorModel, cache, idx: np.ndarray, device, seed: int = 0) -> dict:
     """Mean loss terms over fixed frames with fixed t and noise: comparable across steps."""
@@ -134,13 +126,6 @@ def validation_loss(model: PriorModel, cache, idx: np.ndarray, device, seed: int
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(idx) for k, v in totals.items()}
-
-
-@torch.no_grad()
-def ood_scores(model: PriorModel, cache, idx: np.ndarray, device, batch: int = 64) -> np.ndarray:
-    out = [model.ood_score(frames_to_tensor(cache, chunk, device)).cpu().numpy()
-           for chunk in np.array_split(idx, max(1, math.ceil(len(idx) / batch)))]
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = None,
@@ -200,8 +185,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     net = _Loss(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == 'cuda' else None,
-            broadcast_buffers=False)      # the only buffers are the fixed noise schedule
+            net, device_ids=[device.index] if device.type == 'cuda' else None)
 
     writer = None
     if rank == 0:
@@ -230,8 +214,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         g = torch.Generator(device=device).manual_seed(tcfg.seed)
         with amp:
             samples = ema.model.ddim_sample(tcfg.samples, generator=g).float()
-        frames = (samples * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        metrics['sample_validity'], _ = validity_fraction(frames)
+        imgs = (samples * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        metrics['sample_validity'], _ = validity_fraction(imgs)
         for k, v in metrics.items():
             writer.add_scalar(f'val/{k[4:]}' if k.startswith('val_') else f'val/{k}', v,
                               tag_step)
@@ -244,8 +228,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
             log.warning('no held-out episodes: the OOD threshold is left uncalibrated')
             return None
         idx = spread(val_idx, tcfg.calib_frames)
-        with amp:
-            scores = ood_scores(ema.model, cache, idx, device)
+        # float32 even on GPU: the scores it is compared with later come from float32 runs
+        scores = map_batches(ema.model.ood_score, np.asarray(cache.images[idx]), device)
         return {'threshold': calibrate_threshold(scores, tcfg.ood_quantile),
                 'quantile': tcfg.ood_quantile, 'frames': len(idx),
                 't_levels': ema.model.diffusion.default_ood_levels(), 'n_noise': 1, 'seed': 0,
@@ -256,7 +240,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         log.info('already trained for %d steps', step)
     metrics: dict = {}
     ood = None
-    t0, frames, side = time.perf_counter(), 0, 0.0
+    t0, seen, side = time.perf_counter(), 0, 0.0
     bar = tqdm(total=tcfg.steps, initial=step, desc='train-prior', unit='step',
                disable=not progress or rank != 0, dynamic_ncols=True)
     model.train()
@@ -272,7 +256,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         opt.step()
         ema.update(model)
         step += 1
-        frames += images.shape[0] * world
+        seen += images.shape[0] * world
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
@@ -281,7 +265,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
                     writer.add_scalar(f'train/{k}', float(v.detach()), step)
                 writer.add_scalar('train/grad_norm', float(gnorm), step)
                 writer.add_scalar('train/images_per_s',
-                                  frames / (time.perf_counter() - t0 - side), step)
+                                  seen / (time.perf_counter() - t0 - side), step)
         t_side = time.perf_counter()
         if rank == 0 and (step % tcfg.sample_every == 0 or step == tcfg.steps):
             metrics = evaluate(step)
@@ -298,7 +282,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     model.eval()
     trained = remaining > 0 and train_s > 0
     return {'checkpoint': str(out), 'steps': step, 'seconds': round(elapsed, 2),
-            'images_per_s': round(frames / train_s, 1) if trained else None,
+            'images_per_s': round(seen / train_s, 1) if trained else None,
             'device': str(device), 'world_size': world,
             'ood_threshold': ood['threshold'] if ood else None, **metrics}
 
@@ -313,4 +297,4 @@ class _Loss(torch.nn.Module):
 
 
 __all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'load_yaml', 'train',
-           'episode_frames', 'frames_to_tensor', 'validation_loss', 'ood_scores']
+           'episode_frames', 'frames_to_tensor', 'validation_loss']

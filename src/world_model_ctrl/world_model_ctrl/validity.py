@@ -49,7 +49,8 @@ def _coverage(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
 
 def _fit_box(m1: np.ndarray, m2: np.ndarray, size_px: tuple[float, float],
              bounds_px: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, float, float]:
-    """Centre (row, col) of the w x h rectangle whose coverage a b^T best explains the data.
+    """The w x h rectangle whose coverage a b^T best explains the data: (coverage (S, S),
+    centre row, centre col), centres in pixels.
 
     Minimises sum (d - a b^T o)^2 = const - 2 a^T M1 b + (a^2)^T M2 (b^2) with M1 = d o and
     M2 = o^2 (o: the visible share of each pixel), over a grid of centres, coarse then fine.
@@ -61,7 +62,9 @@ def _fit_box(m1: np.ndarray, m2: np.ndarray, size_px: tuple[float, float],
     def best(rows, cols):
         a = _coverage(rows - h / 2, rows + h / 2, n)            # (Kr, n)
         b = _coverage(cols - w / 2, cols + w / 2, n)            # (Kc, n)
-        cost = -2 * a @ m1 @ b.T + (a * a) @ m2 @ (b * b).T     # (Kr, Kc)
+        # einsum, not BLAS: products this small lose more to BLAS threads on a busy CPU
+        cost = (np.einsum('in,jn->ij', np.einsum('in,nm->im', a * a, m2), b * b)
+                - 2 * np.einsum('in,jn->ij', np.einsum('in,nm->im', a, m1), b))  # (Kr, Kc)
         i, j = np.unravel_index(np.argmin(cost), cost.shape)
         return rows[i], cols[j]
 
