@@ -24,6 +24,8 @@ ARGS = {
     'use_sim': ('true', 'start room_sim'),
     'use_sim_time': ('false', 'use /clock'),
     'namespace': ('', 'namespace of all nodes'),
+    'monitor': ('false', 'start image_monitor (DDPM prior): stops the planner on odd frames'),
+    'prior_checkpoint': ('shipped', "image prior checkpoint ('shipped' = this package's)"),
 }
 
 
@@ -46,4 +48,11 @@ def generate_launch_description():
         Node(package='world_model_ctrl', executable='planner', name='planner',
              namespace=arg('namespace'), parameters=[control, model], remappings=remaps,
              output='screen'),
+        Node(package='world_model_ctrl', executable='image_monitor', name='image_monitor',
+             namespace=arg('namespace'),
+             parameters=[control, {'checkpoint': arg('prior_checkpoint'),
+                                   'device': arg('device'),
+                                   'use_sim_time': arg('use_sim_time')}],
+             remappings=[('camera/image_raw', arg('image_topic'))],
+             condition=IfCondition(arg('monitor'))),
     ])

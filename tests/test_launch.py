@@ -87,14 +87,15 @@ def up_graph(args: dict) -> list[tuple]:
     {},
     {'use_sim': 'false', 'image_topic': '/front/image_raw', 'cmd_vel_topic': '/base/cmd_vel',
      'cmd_vel_stamped': 'true', 'namespace': 'robot1', 'checkpoint': '/models/ssm.pt',
-     'device': 'cuda', 'use_sim_time': 'true'},
+     'device': 'cuda', 'use_sim_time': 'true', 'monitor': 'true',
+     'prior_checkpoint': '/models/prior.pt'},
 ])
 def test_launch_file_and_wmc_up_describe_the_same_graph(args, monkeypatch):
     declared, launched = launched_graph(args, monkeypatch)
     assert declared == LAUNCH_ARGS
     assert launched == up_graph(args)
     names = [n[1] for n in launched]
-    assert names == (['belief', 'planner'] if args.get('use_sim') == 'false'
+    assert names == (['belief', 'planner', 'image_monitor'] if args.get('use_sim') == 'false'
                      else ['room_sim', 'belief', 'planner'])
 
 

@@ -30,6 +30,7 @@ setup(
             'explorer = world_model_ctrl.explorer:main',
             'belief = world_model_ctrl.belief:main',
             'planner = world_model_ctrl.planner:main',
+            'image_monitor = world_model_ctrl.image_monitor:main',
         ],
     },
 )

@@ -201,7 +201,8 @@ def cmd_up(a) -> int:
     args = {'checkpoint': a.checkpoint or 'shipped', 'device': a.device,
             'use_sim': 'false' if a.no_sim else 'true', 'image_topic': a.image_topic,
             'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
-            'namespace': a.namespace}
+            'namespace': a.namespace, 'monitor': str(a.monitor).lower(),
+            'prior_checkpoint': a.prior_checkpoint or 'shipped'}
     graph = control_graph(args, params_file=a.params)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cmd-vel-topic', default='/cmd_vel')
     p.add_argument('--cmd-vel-stamped', action='store_true')
     p.add_argument('--namespace', default='')
+    p.add_argument('--monitor', action='store_true',
+                   help='start image_monitor: the DDPM prior stops the planner on odd frames')
+    p.add_argument('--prior-checkpoint', help='image prior checkpoint (default: shipped)')
     p.set_defaults(func=cmd_up)
     return ap
 

@@ -13,6 +13,7 @@ EXECUTABLES = {
     ('room_sim', 'room_sim'): 'room_sim.node',
     ('world_model_ctrl', 'belief'): 'world_model_ctrl.belief',
     ('world_model_ctrl', 'planner'): 'world_model_ctrl.planner',
+    ('world_model_ctrl', 'image_monitor'): 'world_model_ctrl.image_monitor',
 }
 
 # Launch arguments and their defaults (strings, as launch passes them).
@@ -25,6 +26,8 @@ LAUNCH_ARGS = {
     'use_sim': 'true',
     'use_sim_time': 'false',
     'namespace': '',
+    'monitor': 'false',
+    'prior_checkpoint': 'shipped',
 }
 
 
@@ -52,6 +55,12 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
     for exe in ('belief', 'planner'):
         nodes.append(('world_model_ctrl', exe, NodeSpec(
             EXECUTABLES[('world_model_ctrl', exe)], dict(model), dict(remaps), [control], exe)))
+    if _bool(a['monitor']):
+        nodes.append(('world_model_ctrl', 'image_monitor', NodeSpec(
+            EXECUTABLES[('world_model_ctrl', 'image_monitor')],
+            {'checkpoint': a['prior_checkpoint'], 'device': a['device'],
+             'use_sim_time': common['use_sim_time']},
+            {'camera/image_raw': a['image_topic']}, [control], 'image_monitor')))
     for _, _, spec in nodes:
         spec.namespace = a['namespace']
     return nodes

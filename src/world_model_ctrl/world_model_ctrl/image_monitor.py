@@ -1,0 +1,113 @@
+"""image_monitor node: score live frames with the DDPM prior; stop the planner on unusual ones.
+
+At ``rate_hz`` the latest frame is scored (PriorModel.ood_score: a few fixed noise levels in one
+batched pass). Publishes ``image_monitor/score`` and a DiagnosticStatus on ``/diagnostics``.
+When the score stays above the checkpoint's calibrated threshold for ``hold_s`` seconds it sets
+``planner/stop`` true (the planner then holds zero) until it stays below for ``release_s``.
+"""
+import time
+
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float32
+
+from world_model_ctrl.cem import resolve_device
+from world_model_ctrl.data import image_to_rgb
+from world_model_ctrl.diffusion import PriorModel
+from world_model_ctrl.paths import resolve_checkpoint
+from world_model_ctrl.ssm import images_to_tensor
+
+
+class ImageMonitorNode(Node):
+    """camera/image_raw -> image_monitor/score, /diagnostics, planner/stop."""
+
+    def __init__(self, **kwargs):
+        super().__init__('image_monitor', **kwargs)
+        self.declare_parameter('checkpoint', 'shipped')
+        self.declare_parameter('device', 'cpu')
+        self.declare_parameter('rate_hz', 2.0)
+        self.declare_parameter('threshold', 0.0)     # 0 = the checkpoint's calibrated one
+        self.declare_parameter('hold_s', 1.0)
+        self.declare_parameter('release_s', 1.0)
+        self.declare_parameter('threads', 1)
+        p = self.get_parameter
+        torch.set_num_threads(max(1, p('threads').value))
+        ckpt = resolve_checkpoint(p('checkpoint').value, 'prior.pt')
+        self.device = resolve_device(p('device').value)
+        self.model = PriorModel.from_checkpoint(ckpt, device=self.device)
+        self.threshold = p('threshold').value or self.model.ood_threshold
+        if not self.threshold:
+            raise ValueError(f'{ckpt} has no calibrated OOD threshold: set the threshold '
+                             'parameter or run `wmc eval-prior` on held-out bags')
+        self.hold, self.release = p('hold_s').value, p('release_s').value
+        self.frame = None
+        self.above_since = self.below_since = None
+        self.stopped = False
+        self.pub_score = self.create_publisher(Float32, 'image_monitor/score', 10)
+        self.pub_stop = self.create_publisher(Bool, 'planner/stop', 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_subscription(Image, 'camera/image_raw', self.on_image,
+                                 qos_profile_sensor_data)
+        self.create_timer(1.0 / p('rate_hz').value, self.on_timer)
+        self.get_logger().info(f'monitoring with {ckpt}, threshold {self.threshold:.4g}')
+
+    def on_image(self, msg):
+        self.frame = msg
+
+    @torch.no_grad()
+    def on_timer(self):
+        if self.frame is None:
+            return
+        msg, self.frame = self.frame, None
+        rgb = image_to_rgb(msg, self.model.config.image_size)
+        x = images_to_tensor(rgb[None]).to(self.device)                   # (1, 3, S, S)
+        score = float(self.model.ood_score(x)[0])
+        now = time.monotonic()
+        if score > self.threshold:
+            self.below_since = None
+            self.above_since = self.above_since or now
+            if not self.stopped and now - self.above_since >= self.hold:
+                self.stopped = True
+                self.get_logger().warn(f'unfamiliar camera frames (score {score:.3g} > '
+                                       f'{self.threshold:.3g}): stopping the planner')
+        else:
+            self.above_since = None
+            self.below_since = self.below_since or now
+            if self.stopped and now - self.below_since >= self.release:
+                self.stopped = False
+                self.get_logger().info('frames look familiar again: releasing the planner')
+        self.pub_score.publish(Float32(data=score))
+        self.pub_stop.publish(Bool(data=self.stopped))
+        level = DiagnosticStatus.ERROR if self.stopped else (
+            DiagnosticStatus.WARN if score > self.threshold else DiagnosticStatus.OK)
+        status = DiagnosticStatus(level=level, name='world_model_ctrl: image_monitor',
+                                  message='planner stopped: unfamiliar frames' if self.stopped
+                                  else 'frames look familiar' if level == DiagnosticStatus.OK
+                                  else 'unusual frame', hardware_id='camera')
+        status.values = [KeyValue(key='score', value=f'{score:.6g}'),
+                         KeyValue(key='threshold', value=f'{self.threshold:.6g}')]
+        diag = DiagnosticArray(status=[status])
+        diag.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(diag)
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImageMonitorNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
