@@ -68,6 +68,7 @@ def save_checkpoint(path, kind: str, config: dict, state_dict, extra: Optional[d
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)        # mkstemp makes it private; a checkpoint is a normal file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
