@@ -6,7 +6,6 @@ publish mean/std (messages.belief_to_msg) stamped with the frame's header, and t
 import time
 
 import numpy as np
-import rclpy
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.node import Node
@@ -17,6 +16,7 @@ from std_msgs.msg import Float32, Header
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.messages import action_from_cmd, belief_to_msg
 from world_model_ctrl.paths import resolve_checkpoint
+from world_model_ctrl.spin import spin_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.cem import resolve_device
 
@@ -115,17 +115,7 @@ class BeliefNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = BeliefNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(BeliefNode, args)
 
 
 if __name__ == '__main__':

@@ -98,6 +98,20 @@ def load_checkpoint(path, kind: Optional[str]) -> dict:
     return ckpt
 
 
+def check_state_dict(expected: dict, got: dict, path, what: str) -> None:
+    """Name the missing, unexpected and mis-shaped tensors instead of a raw torch traceback."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [f'{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(expected[k].shape)}'
+              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = ([f'missing keys {missing}'] if missing else []) \
+            + ([f'unexpected keys {unexpected}'] if unexpected else []) \
+            + (['shape mismatches [' + '; '.join(shapes) + ']'] if shapes else [])
+        raise ValueError(f'{path}: state_dict does not match the stored {what} config: '
+                         + ', '.join(parts))
+
+
 def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
     """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights)."""
     ckpt = load_checkpoint(src, None)
@@ -105,4 +119,5 @@ def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
     return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)
 
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'export_checkpoint', 'FORMAT_VERSION']
+__all__ = ['save_checkpoint', 'load_checkpoint', 'export_checkpoint', 'check_state_dict',
+           'FORMAT_VERSION']

@@ -71,7 +71,8 @@ def _overrides(a, train_keys=('steps', 'batch_size', 'seq_len', 'lr', 'device', 
 
 def _cmd_train(a, module) -> int:
     """train-ssm and train-prior: the same conventions, different model."""
-    overlay = module.load_yaml(a.config) if a.config else None
+    from world_model_ctrl.training import load_yaml
+    overlay = load_yaml(a.config) if a.config else None
     cfg = module.resolve_config(a.preset, overlay, _overrides(a))
     out = Path(a.out)
     if out.exists() and not a.resume and not a.force:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from world_model_ctrl.checkpoint import load_checkpoint, save_checkpoint
+from world_model_ctrl.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from world_model_ctrl.configs import from_dict
 
 CHECKPOINT_KIND = 'prior'
@@ -648,27 +648,13 @@ class PriorModel(nn.Module):
         except (TypeError, ValueError) as e:
             raise ValueError(f'{path}: bad prior config in checkpoint: {e}') from None
         model = cls(cfg)
-        check_state_dict(model.state_dict(), ckpt['state_dict'], path)
+        check_state_dict(model.state_dict(), ckpt['state_dict'], path, 'prior')
         model.load_state_dict(ckpt['state_dict'])
         model.checkpoint_extra = ckpt.get('extra') or {}
         return model.to(device).eval()
 
 
-def check_state_dict(expected: dict, got: dict, path) -> None:
-    """Name the missing, unexpected and mis-shaped tensors instead of a raw torch traceback."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [f'{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(expected[k].shape)}'
-              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = ([f'missing keys {missing}'] if missing else []) \
-            + ([f'unexpected keys {unexpected}'] if unexpected else []) \
-            + (['shape mismatches [' + '; '.join(shapes) + ']'] if shapes else [])
-        raise ValueError(f'{path}: state_dict does not match the stored prior config: '
-                         + ', '.join(parts))
-
-
 __all__ = ['DiffusionConfig', 'presets', 'GaussianDiffusion', 'UNet', 'PriorModel', 'EMA',
            'make_betas', 'gaussian_kl', 'discretized_gaussian_loglik', 'timestep_embedding',
-           'calibrate_threshold', 'check_state_dict', 'images_to_model', 'model_to_images',
+           'calibrate_threshold', 'images_to_model', 'model_to_images',
            'CHECKPOINT_KIND', 'OOD_LEVELS']

@@ -7,7 +7,6 @@ When the score stays above the checkpoint's calibrated threshold for ``hold_s`` 
 """
 import time
 
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
@@ -19,6 +18,7 @@ from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diffusion import PriorModel
 from world_model_ctrl.paths import resolve_checkpoint
+from world_model_ctrl.spin import spin_node
 from world_model_ctrl.ssm import images_to_tensor
 
 
@@ -96,17 +96,7 @@ class ImageMonitorNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ImageMonitorNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ImageMonitorNode, args)
 
 
 if __name__ == '__main__':

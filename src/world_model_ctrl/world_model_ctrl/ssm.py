@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from world_model_ctrl.configs import from_dict
-from world_model_ctrl.checkpoint import load_checkpoint, save_checkpoint
+from world_model_ctrl.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 
 CHECKPOINT_KIND = 'ssm'
 _LOG_2PI = math.log(2 * math.pi)
@@ -388,28 +388,10 @@ class WorldModel(nn.Module):
         except (TypeError, ValueError) as e:
             raise ValueError(f'{path}: bad SSM config in checkpoint: {e}') from None
         model = cls(cfg)
-        _check_state_dict(model.state_dict(), ckpt['state_dict'], path)
+        check_state_dict(model.state_dict(), ckpt['state_dict'], path, 'SSM')
         model.load_state_dict(ckpt['state_dict'])
         model.checkpoint_extra = ckpt.get('extra') or {}
         return model.to(device).eval()
-
-
-def _check_state_dict(expected: dict, got: dict, path) -> None:
-    """Name the missing, unexpected and mis-shaped tensors instead of a raw torch traceback."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [f'{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(expected[k].shape)}'
-              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f'missing keys {missing}')
-        if unexpected:
-            parts.append(f'unexpected keys {unexpected}')
-        if shapes:
-            parts.append('shape mismatches [' + '; '.join(shapes) + ']')
-        raise ValueError(f'{path}: state_dict does not match the stored SSM config: '
-                         + ', '.join(parts))
 
 
 __all__ = ['SSMConfig', 'presets', 'Posterior', 'WorldModel', 'gaussian_kl', 'gaussian_loglik',

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,15 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model_ctrl.cem import resolve_device
-from world_model_ctrl.checkpoint import load_checkpoint
 from world_model_ctrl.configs import from_dict
 from world_model_ctrl.data import DataConfig, build_cache, split_episodes
 from world_model_ctrl.diffusion import (CHECKPOINT_KIND, EMA, DiffusionConfig, PriorModel,
                                         calibrate_threshold)
 from world_model_ctrl.eval_prior import map_batches, spread
 from world_model_ctrl.ssm import images_to_tensor
-from world_model_ctrl.train_ssm import _distributed, load_yaml
+from world_model_ctrl.training import (autocast, layered_config, load_for_resume, setup_run,
+                                       summary_writer, wrap_ddp)
 from world_model_ctrl.validity import validity_fraction
 
 log = logging.getLogger(__name__)
@@ -86,22 +84,9 @@ PRESETS = {
 
 def resolve_config(preset: str = 'default', overlay: Optional[dict] = None,
                    overrides: Optional[dict] = None) -> dict:
-    """-> {'model': DiffusionConfig, 'data': DataConfig, 'train': TrainPriorConfig}. Later wins."""
-    overlay = dict(overlay or {})
-    preset = overlay.pop('preset', preset)
-    if preset not in PRESETS:
-        raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
-    bad = set(overlay) - {'model', 'data', 'train'}
-    if bad:
-        raise ValueError(f'config sections must be model, data, train; got {sorted(bad)}')
-    merged: dict = {'model': {}, 'data': {}, 'train': {}}
-    for layer in (PRESETS[preset], overlay, overrides or {}):
-        for section in merged:
-            merged[section].update(layer.get(section) or {})
-    model_preset = merged['model'].pop('preset', 'default')
-    return {'model': DiffusionConfig.from_preset(model_preset, **merged['model']),
-            'data': DataConfig.from_dict(merged['data']),
-            'train': TrainPriorConfig.from_dict(merged['train'])}
+    """-> {'model': DiffusionConfig, 'data': DataConfig, 'train': TrainPriorConfig}."""
+    return layered_config(PRESETS, preset, overlay, overrides, DiffusionConfig,
+                          TrainPriorConfig)
 
 
 def episode_frames(cache, episodes_idx) -> np.ndarray:
@@ -134,21 +119,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     mcfg: DiffusionConfig = cfg['model']
     dcfg: DataConfig = cfg['data']
     tcfg: TrainPriorConfig = cfg['train']
-    rank, world, local_rank = _distributed()
-    device = resolve_device(tcfg.device)
-    if device.type == 'cuda' and world > 1:
-        device = torch.device('cuda', local_rank)
-        torch.cuda.set_device(device)
-    if tcfg.threads > 0:
-        torch.set_num_threads(tcfg.threads)
-    if device.type == 'cpu':
-        # Denormal floats appear as training settles and slow CPU kernels several-fold.
-        torch.set_flush_denormal(True)
-    torch.manual_seed(tcfg.seed + rank)
+    rank, world, device = setup_run(cfg)
     out = Path(out)
-    if mcfg.image_size != dcfg.image_size:
-        raise ValueError(f'model image_size {mcfg.image_size} != data image_size '
-                         f'{dcfg.image_size}: set both (data.image_size, model.image_size)')
 
     # -- data: one on-disk cache shared by all ranks; split by episode --------------------
     cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
@@ -163,14 +135,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     step = 0
     ckpt = None
     if resume:
-        if not out.exists():
-            raise FileNotFoundError(f'--resume: no checkpoint at {out}')
-        ckpt = load_checkpoint(out, CHECKPOINT_KIND)
-        if ckpt['config'] != mcfg.to_dict():
-            diff = {k: (ckpt['config'].get(k), v) for k, v in mcfg.to_dict().items()
-                    if ckpt['config'].get(k) != v}
-            raise ValueError(f'--resume: {out} was trained with another model config '
-                             f'(checkpoint vs now): {diff}')
+        ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict())
         extra = ckpt['extra']
         model.load_state_dict(extra.get('raw_state_dict', ckpt['state_dict']))
         if 'optimizer' in extra:
@@ -181,18 +146,9 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     ema = EMA(model, mcfg.ema_decay, updates=step)
     if ckpt is not None:
         ema.model.load_state_dict(ckpt['state_dict'])
-    # DDP synchronises gradients through forward(), so the loss goes through a forward().
-    net = _Loss(model)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir or str(out.with_suffix('')) + '_tb')
-    amp = (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and tcfg.bf16
-           else nullcontext())
+    net = wrap_ddp(_Loss(model), world, device)
+    writer = summary_writer(rank, log_dir, out)
+    amp = autocast(device, tcfg.bf16)
     val_subset = spread(val_idx, tcfg.val_frames)
 
     def save(metrics: dict, ood: Optional[dict] = None):
@@ -296,5 +252,5 @@ class _Loss(torch.nn.Module):
         return self.model.loss(images)
 
 
-__all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'load_yaml', 'train',
+__all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'train',
            'episode_frames', 'frames_to_tensor', 'validation_loss']

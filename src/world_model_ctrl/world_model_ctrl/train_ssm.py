@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from world_model_ctrl.configs import from_dict
-from world_model_ctrl.cem import resolve_device
-from world_model_ctrl.checkpoint import load_checkpoint
 from world_model_ctrl.data import DataConfig, SequenceDataset, build_cache, split_episodes
 from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
+from world_model_ctrl.training import (autocast, layered_config, load_for_resume, setup_run,
+                                       summary_writer, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -72,45 +69,7 @@ PRESETS = {
 def resolve_config(preset: str = 'default', overlay: Optional[dict] = None,
                    overrides: Optional[dict] = None) -> dict:
     """-> {'model': SSMConfig, 'data': DataConfig, 'train': TrainConfig}. Later wins."""
-    layers = []
-    if preset not in PRESETS:
-        raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
-    overlay = dict(overlay or {})
-    if 'preset' in overlay:
-        preset = overlay.pop('preset')
-        if preset not in PRESETS:
-            raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
-    bad = set(overlay) - {'model', 'data', 'train'}
-    if bad:
-        raise ValueError(f'config sections must be model, data, train; got {sorted(bad)}')
-    layers = [PRESETS[preset], overlay, overrides or {}]
-    merged = {'model': {}, 'data': {}, 'train': {}}
-    for layer in layers:
-        for section in merged:
-            merged[section].update(layer.get(section) or {})
-    model_preset = merged['model'].pop('preset', 'default')
-    return {'model': SSMConfig.from_preset(model_preset, **merged['model']),
-            'data': DataConfig.from_dict(merged['data']),
-            'train': TrainConfig.from_dict(merged['train'])}
-
-
-def load_yaml(path) -> dict:
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
-    if not isinstance(d, dict):
-        raise ValueError(f'{path}: expected a mapping with model/data/train sections')
-    return d
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises the process group under torchrun."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-    return dist.get_rank(), world, int(os.environ.get('LOCAL_RANK', '0'))
+    return layered_config(PRESETS, preset, overlay, overrides, SSMConfig, TrainConfig)
 
 
 def _batch_to(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,21 +101,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     mcfg: SSMConfig = cfg['model']
     dcfg: DataConfig = cfg['data']
     tcfg: TrainConfig = cfg['train']
-    rank, world, local_rank = _distributed()
-    device = resolve_device(tcfg.device)
-    if device.type == 'cuda' and world > 1:
-        device = torch.device('cuda', local_rank)
-        torch.cuda.set_device(device)
-    if tcfg.threads > 0:
-        torch.set_num_threads(tcfg.threads)
-    if device.type == 'cpu':
-        # Denormal floats appear as training settles and slow CPU kernels several-fold.
-        torch.set_flush_denormal(True)
-    torch.manual_seed(tcfg.seed + rank)
+    rank, world, device = setup_run(cfg)
     out = Path(out)
-    if mcfg.image_size != dcfg.image_size:
-        raise ValueError(f'model image_size {mcfg.image_size} != data image_size '
-                         f'{dcfg.image_size}: set both (data.image_size, model.image_size)')
 
     # -- data: one on-disk cache shared by all ranks; split by episode --------------------
     cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
@@ -177,32 +123,16 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=1e-5)
     step = 0
     if resume:
-        if not out.exists():
-            raise FileNotFoundError(f'--resume: no checkpoint at {out}')
-        ckpt = load_checkpoint(out, CHECKPOINT_KIND)
-        if ckpt['config'] != mcfg.to_dict():
-            diff = {k: (ckpt['config'].get(k), v) for k, v in mcfg.to_dict().items()
-                    if ckpt['config'].get(k) != v}
-            raise ValueError(f'--resume: {out} was trained with another model config '
-                             f'(checkpoint vs now): {diff}')
+        ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict())
         model.load_state_dict(ckpt['state_dict'])
         extra = ckpt['extra']
         if 'optimizer' in extra:
             opt.load_state_dict(extra['optimizer'])
         step = int(extra.get('step', 0))
         log.info('resumed %s at step %d', out, step)
-    # DDP synchronises gradients through forward(), so the loss goes through a forward().
-    net = _ELBO(model)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir or str(out.with_suffix('')) + '_tb')
-    amp = (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and tcfg.bf16
-           else nullcontext())
+    net = wrap_ddp(_ELBO(model), world, device)
+    writer = summary_writer(rank, log_dir, out)
+    amp = autocast(device, tcfg.bf16)
 
     def save(metrics: dict):
         if rank != 0:

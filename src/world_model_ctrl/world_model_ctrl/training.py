@@ -1,0 +1,110 @@
+"""What `train-ssm` and `train-prior` share: layered configs, run setup, resume, logging."""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from world_model_ctrl.cem import resolve_device
+from world_model_ctrl.checkpoint import load_checkpoint
+from world_model_ctrl.data import DataConfig
+
+
+def load_yaml(path) -> dict:
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f'{path}: expected a mapping with model/data/train sections')
+    return d
+
+
+def layered_config(presets: dict, preset: str, overlay: Optional[dict], overrides: Optional[dict],
+                   model_cls, train_cls) -> dict:
+    """preset < YAML overlay < CLI overrides -> {'model', 'data', 'train'} dataclasses.
+
+    A ``model.preset`` key picks the model class's own named preset under the overrides.
+    """
+    overlay = dict(overlay or {})
+    preset = overlay.pop('preset', preset)
+    if preset not in presets:
+        raise ValueError(f'unknown preset {preset!r}; choose from {sorted(presets)}')
+    bad = set(overlay) - {'model', 'data', 'train'}
+    if bad:
+        raise ValueError(f'config sections must be model, data, train; got {sorted(bad)}')
+    merged: dict = {'model': {}, 'data': {}, 'train': {}}
+    for layer in (presets[preset], overlay, overrides or {}):
+        for section in merged:
+            merged[section].update(layer.get(section) or {})
+    model_preset = merged['model'].pop('preset', 'default')
+    return {'model': model_cls.from_preset(model_preset, **merged['model']),
+            'data': DataConfig.from_dict(merged['data']),
+            'train': train_cls.from_dict(merged['train'])}
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group under torchrun."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    return dist.get_rank(), world, int(os.environ.get('LOCAL_RANK', '0'))
+
+
+def setup_run(cfg: dict) -> tuple[int, int, torch.device]:
+    """Rank, world size and device for a run; threads, denormals, seed; config sanity."""
+    mcfg, dcfg, tcfg = cfg['model'], cfg['data'], cfg['train']
+    rank, world, local_rank = distributed()
+    device = resolve_device(tcfg.device)
+    if device.type == 'cuda' and world > 1:
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    if device.type == 'cpu':
+        # Denormal floats appear as training settles and slow CPU kernels several-fold.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(tcfg.seed + rank)
+    if mcfg.image_size != dcfg.image_size:
+        raise ValueError(f'model image_size {mcfg.image_size} != data image_size '
+                         f'{dcfg.image_size}: set both (data.image_size, model.image_size)')
+    return rank, world, device
+
+
+def load_for_resume(out: Path, kind: str, model_config: dict) -> dict:
+    """The checkpoint to continue, refused with a clear message if its model config differs."""
+    if not out.exists():
+        raise FileNotFoundError(f'--resume: no checkpoint at {out}')
+    ckpt = load_checkpoint(out, kind)
+    if ckpt['config'] != model_config:
+        diff = {k: (ckpt['config'].get(k), v) for k, v in model_config.items()
+                if ckpt['config'].get(k) != v}
+        raise ValueError(f'--resume: {out} was trained with another model config '
+                         f'(checkpoint vs now): {diff}')
+    return ckpt
+
+
+def wrap_ddp(net: torch.nn.Module, world: int, device) -> torch.nn.Module:
+    """DDP synchronises gradients through forward(): ``net``'s forward returns the loss dict."""
+    if world <= 1:
+        return net
+    return torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == 'cuda' else None)
+
+
+def summary_writer(rank: int, log_dir: Optional[str], out: Path):
+    """TensorBoard writer on rank 0 (next to the checkpoint unless ``log_dir``), else None."""
+    if rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir or str(out.with_suffix('')) + '_tb')
+
+
+def autocast(device, bf16: bool):
+    return (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and bf16
+            else nullcontext())
