@@ -61,6 +61,8 @@ class _Watcher:
         self.frames: dict[int, np.ndarray] = {}
         self.plan_ms: list[float] = []
         self.markers: list[int] = []
+        self.first = None             # stamp of the current episode's first frame
+        self.episode: list[int] = []
         node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, qos)
         node.create_subscription(PoseStamped, 'room_sim/goal', self.on_goal, qos)
         node.create_subscription(Header, 'room_sim/episode_start',
@@ -72,7 +74,10 @@ class _Watcher:
         self.reset_client = node.create_client(Trigger, 'room_sim/reset')
 
     def on_pose(self, m):
-        self.poses[_stamp(m.header.stamp)] = np.array([m.pose.position.x, m.pose.position.y])
+        s = _stamp(m.header.stamp)
+        if self.first is not None and s >= self.first and s not in self.poses:
+            self.episode.append(s)                      # this episode's frames, in order
+        self.poses[s] = np.array([m.pose.position.x, m.pose.position.y])
 
     def on_goal(self, m):
         self.goal = np.array([m.pose.position.x, m.pose.position.y])
@@ -131,25 +136,29 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                        and node.count_publishers('/planner/plan_ms') > 0
                        and node.count_publishers('/belief') > 0, 120, 'the control graph')
             spin_until(lambda: len(watch.plan_ms) > 0 or realtime, 60, 'a first plan')
+            watch.plan_ms.clear()          # timings from the episodes only, not warm-up
             bar = tqdm(range(episodes), desc='eval', unit='ep', disable=not progress)
             for ep in bar:
                 n_markers = len(watch.markers)
                 fut = watch.reset_client.call_async(watch.Trigger.Request())
                 spin_until(lambda: fut.done() and len(watch.markers) > n_markers, 30,
                            'the episode reset')
-                first = watch.markers[-1]          # stamp of the episode's first frame
-                outcome = {}
+                watch.first = watch.markers[-1]    # stamp of the episode's first frame
+                watch.episode = sorted(s for s in watch.poses if s >= watch.first)
+                outcome = {'checked': 0}
 
                 def done():
-                    stamps = sorted(s for s in watch.poses if s >= first)
-                    for i, s in enumerate(stamps):
-                        if np.linalg.norm(watch.poses[s] - watch.goal) <= cfg.success_radius:
+                    stamps = watch.episode
+                    for i in range(outcome['checked'], len(stamps)):
+                        if np.linalg.norm(watch.poses[stamps[i]] - watch.goal) \
+                                <= cfg.success_radius:
                             outcome.update(success=True, steps=i, stamps=stamps[:i + 1])
                             return True
-                    if len(stamps) > max_steps:
-                        outcome.update(success=False, steps=max_steps,
-                                       stamps=stamps[:max_steps + 1])
-                        return True
+                        if i >= max_steps:
+                            outcome.update(success=False, steps=max_steps,
+                                           stamps=stamps[:max_steps + 1])
+                            return True
+                    outcome['checked'] = len(stamps)
                     return False
                 timeout = max_steps * (cfg.dt * 2 + 1.0) if realtime else max_steps * 1.0
                 spin_until(lambda: watch.goal is not None and done(), timeout,

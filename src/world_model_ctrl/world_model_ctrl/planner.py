@@ -25,8 +25,10 @@ from world_model_ctrl.messages import belief_from_msg, cmd_from_action
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.ssm import WorldModel
 
-CEM_PARAMS = {'candidates': 200, 'horizon': 10, 'iterations': 4, 'top_k': 20, 'gamma': 0.99,
-              'particles': 2, 'init_std': 0.3, 'min_std': 0.05}
+# Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
+# cores with the sim and belief running (docs/benchmarks.md).
+CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'gamma': 0.99,
+              'particles': 1, 'init_std': 0.3, 'min_std': 0.05}
 
 
 class PlannerNode(Node):
@@ -67,6 +69,11 @@ class PlannerNode(Node):
         self.timeout = p('belief_timeout').value
         sample = bool(p('sample_transitions').value)
         self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
+        # One plan now, so the first real one is not slowed by torch's lazy set-up.
+        z = self.model.config.latent_dim
+        with torch.no_grad():
+            self.cem.plan(self.rollout, torch.zeros(z), torch.ones(z))
+        self.cem.reset()
         self.belief = None                  # (mean, std, header, receive time)
         self.new_belief = False
         self.stop_requested = False
