@@ -55,6 +55,11 @@ def test_belief_publishes_one_belief_per_frame_with_its_stamp(ros_node, tiny_ckp
         for k in range(10):
             pub.publish(frame(k, size=48 if k % 2 else 64))    # any size is resized to 16
             spin_until(ros_node, lambda: len(beliefs) > k, 10, f'belief {k}')
+        # A re-sent frame (same stamp) gets the same belief again, without a second update.
+        pub.publish(frame(9, size=48))
+        spin_until(ros_node, lambda: len(beliefs) > 10, 10, 'the re-sent belief')
+        assert bytes(beliefs[10].data) == bytes(beliefs[9].data)
+        del beliefs[10]
     assert [b.header.stamp.sec for b in beliefs] == [100 + k for k in range(10)]
     mean, std = belief_from_msg(beliefs[-1])
     assert mean.shape == std.shape == (SSMConfig.from_preset('debug').latent_dim,)

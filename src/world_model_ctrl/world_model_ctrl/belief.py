@@ -54,6 +54,7 @@ class BeliefNode(Node):
         self.first = True           # next frame starts an episode: nothing caused it
         self.pending = None         # (frame msg, arrival time) waiting for its command
         self.last_stamp = None
+        self.last_belief = None
         self.pub = self.create_publisher(Image, 'belief', 10)
         self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
         # Commands are subscribed before images: with both pending, rclpy takes them in
@@ -83,7 +84,11 @@ class BeliefNode(Node):
     def on_image(self, msg):
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if stamp == self.last_stamp:
-            return                        # a re-sent frame (lockstep sim after a loss)
+            # A lockstep sim re-sends a frame when its loop stalled: something downstream was
+            # lost. Re-send the belief (filtering the same frame twice would be wrong).
+            if self.last_belief is not None:
+                self.pub.publish(self.last_belief)
+            return
         if self.cmd_sync and not self.first and not self.new_cmd:
             self.pending = (msg, time.monotonic())
             return
@@ -109,8 +114,9 @@ class BeliefNode(Node):
         x = images_to_tensor(rgb[None]).to(self.device)                      # (1, 3, S, S)
         a = torch.from_numpy(self.last_action[None]).to(self.device)         # (1, A)
         self.h, mean, std = self.model.step(self.h, x, a)
-        self.pub.publish(belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
-                                       msg.header))
+        self.last_belief = belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
+                                         msg.header)
+        self.pub.publish(self.last_belief)
         self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
 
 

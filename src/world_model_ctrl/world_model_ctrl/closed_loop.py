@@ -113,7 +113,9 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
             if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
                 spec.params['belief_timeout'] = 2.0
         if exe == 'belief' and not realtime:
-            spec.params['cmd_sync'] = True        # one command per frame in lockstep
+            # One command per frame in lockstep: wait for it even on a loaded machine (nothing
+            # else moves the world meanwhile).
+            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 0.5})
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
     node = Node('wmc_eval')
