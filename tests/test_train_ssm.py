@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,20 @@ def test_bad_config_is_rejected_clearly():
         resolve_config('debug', {'train': {'stepz': 3}})
     with pytest.raises(ValueError, match='preset'):
         resolve_config('nope')
+
+
+def test_torchrun_data_parallel_on_cpu(bag, tmp_path):
+    """Two ranks (gloo) train one model: rank 0 writes the checkpoint and the summary."""
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    summary = tmp_path / 'sum.json'
+    proc = subprocess.run(
+        [str(torchrun), '--nproc_per_node', '2', '-m', 'world_model_ctrl.cli', 'train-ssm',
+         '--bags', str(bag), '--out', str(tmp_path / 'ddp.pt'), '--preset', 'debug',
+         '--steps', '4', '--no-progress', '--json', str(summary),
+         '--set', 'model.image_size=16', '--set', 'data.image_size=16',
+         '--set', 'data.val_fraction=0.25'],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(summary.read_text())
+    assert s['world_size'] == 2 and s['steps'] == 4
+    assert load_checkpoint(tmp_path / 'ddp.pt', 'ssm')['extra']['step'] == 4
