@@ -36,3 +36,30 @@ def ros_node(ros_domain):
     finally:
         node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _one_torch_thread():
+    """2 shared cores: one torch thread per test process keeps timings predictable."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_world_model(**overrides):
+    """The 'debug' world model at 16x16, seeded."""
+    import torch
+
+    from world_model_ctrl.ssm import SSMConfig, WorldModel
+    torch.manual_seed(0)
+    return WorldModel(SSMConfig.from_preset('debug', image_size=16, **overrides))
+
+
+@pytest.fixture(scope='session')
+def tiny_ssm_ckpt(tmp_path_factory):
+    """An (untrained) tiny world-model checkpoint for node tests."""
+    path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
+    tiny_world_model().save(path)
+    return path

@@ -3,24 +3,15 @@ import os
 
 import numpy as np
 import pytest
+from conftest import tiny_world_model
 import torch
 
 from world_model_ctrl import checkpoint as ckpt_mod
 from world_model_ctrl.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from world_model_ctrl.ssm import SSMConfig, WorldModel
+from world_model_ctrl.ssm import WorldModel
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(**overrides) -> WorldModel:
-    torch.manual_seed(0)
-    return WorldModel(SSMConfig.from_preset('debug', image_size=16, **overrides))
+tiny = tiny_world_model
 
 
 def test_model_round_trip_gives_same_outputs(tmp_path):

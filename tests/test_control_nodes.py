@@ -2,7 +2,6 @@
 import signal
 
 import numpy as np
-import pytest
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
@@ -11,16 +10,7 @@ from std_msgs.msg import Bool, Header
 from rosutil import spin_until
 from world_model_ctrl.messages import belief_from_msg, belief_to_msg
 from world_model_ctrl.procs import NodeGroup, NodeSpec
-from world_model_ctrl.ssm import SSMConfig, WorldModel
-
-
-@pytest.fixture(scope='module')
-def tiny_ckpt(tmp_path_factory):
-    import torch
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
-    WorldModel(SSMConfig.from_preset('debug', image_size=16)).save(path)
-    return path
+from world_model_ctrl.ssm import SSMConfig
 
 
 def _spin_for(node, seconds):
@@ -36,12 +26,12 @@ def frame(k, size=64, encoding='rgb8'):
     return img
 
 
-def test_belief_publishes_one_belief_per_frame_with_its_stamp(ros_node, tiny_ckpt):
+def test_belief_publishes_one_belief_per_frame_with_its_stamp(ros_node, tiny_ssm_ckpt):
     beliefs = []
     ros_node.create_subscription(Image, 'belief', beliefs.append, QoSProfile(depth=100))
     pub = ros_node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=100))
     with NodeGroup() as group:
-        group.start(NodeSpec('world_model_ctrl.belief', {'checkpoint': str(tiny_ckpt)}))
+        group.start(NodeSpec('world_model_ctrl.belief', {'checkpoint': str(tiny_ssm_ckpt)}))
         spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 30, 'belief node')
         spin_until(ros_node, lambda: ros_node.count_publishers('/belief') > 0, 30, 'belief pub')
         # Discovery is not symmetric: re-send a warm-up frame until the node has matched us.
@@ -68,7 +58,7 @@ def test_belief_publishes_one_belief_per_frame_with_its_stamp(ros_node, tiny_ckp
     assert not np.allclose(belief_from_msg(beliefs[2])[0], belief_from_msg(beliefs[4])[0])
 
 
-def test_planner_acts_goes_to_zero_when_stale_or_stopped_and_on_shutdown(ros_node, tiny_ckpt):
+def test_planner_acts_goes_to_zero_when_stale_or_stopped_and_on_shutdown(ros_node, tiny_ssm_ckpt):
     cmds = []
     ros_node.create_subscription(Twist, 'cmd_vel', cmds.append, QoSProfile(depth=1000))
     pub = ros_node.create_publisher(Image, 'belief', 10)
@@ -85,7 +75,7 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped_and_on_shutdown(ros_nod
         return abs(c.linear.x) + abs(c.linear.y)
     with NodeGroup() as group:
         proc = group.start(NodeSpec('world_model_ctrl.planner', {
-            'checkpoint': str(tiny_ckpt), 'rate_hz': 20.0, 'belief_timeout': 0.3,
+            'checkpoint': str(tiny_ssm_ckpt), 'rate_hz': 20.0, 'belief_timeout': 0.3,
             'candidates': 50, 'iterations': 2, 'top_k': 5, 'horizon': 5}))
         spin_until(ros_node, lambda: pub.get_subscription_count() > 0
                    and len(cmds) > 3, 30, 'planner up and publishing')

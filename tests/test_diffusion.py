@@ -12,14 +12,6 @@ from world_model_ctrl.diffusion import (EMA, DiffusionConfig, GaussianDiffusion,
 from world_model_ctrl.ssm import images_to_tensor
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_prior(size=8, **kw) -> PriorModel:
     """A debug UNet in float64 whose zero-initialised layers are randomised: a non-trivial net."""
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
 """image_monitor over DDS: corrupted frames stop the planner, familiar ones release it."""
 import numpy as np
-import pytest
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
@@ -11,16 +10,7 @@ from rosutil import spin_until
 from world_model_ctrl.messages import belief_to_msg
 from world_model_ctrl.paths import default_checkpoint
 from world_model_ctrl.procs import NodeGroup, NodeSpec
-from world_model_ctrl.ssm import SSMConfig, WorldModel
-
-
-@pytest.fixture(scope='module')
-def tiny_ssm(tmp_path_factory):
-    import torch
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
-    WorldModel(SSMConfig.from_preset('debug', image_size=16)).save(path)
-    return path
+from world_model_ctrl.ssm import SSMConfig
 
 
 def image_msg(rgb):
@@ -29,7 +19,7 @@ def image_msg(rgb):
     return msg
 
 
-def test_monitor_stops_and_releases_the_planner(ros_node, tiny_ssm):
+def test_monitor_stops_and_releases_the_planner(ros_node, tiny_ssm_ckpt):
     world = RoomWorld(seed=0)
     clean = world.reset()
     rng = np.random.default_rng(0)
@@ -57,7 +47,7 @@ def test_monitor_stops_and_releases_the_planner(ros_node, tiny_ssm):
             'checkpoint': str(default_checkpoint('prior.pt')), 'rate_hz': 5.0, 'hold_s': 0.4,
             'release_s': 0.4}))
         group.start(NodeSpec('world_model_ctrl.planner', {
-            'checkpoint': str(tiny_ssm), 'rate_hz': 20.0, 'candidates': 30, 'iterations': 1,
+            'checkpoint': str(tiny_ssm_ckpt), 'rate_hz': 20.0, 'candidates': 30, 'iterations': 1,
             'top_k': 5, 'horizon': 3}))
         drive(clean, 'the planner to move on familiar frames',
               lambda: len(scores) > 3 and moving() and stops and not stops[-1].data, 60)

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_world_model
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
@@ -10,18 +11,7 @@ from world_model_ctrl.ssm import (SSMConfig, WorldModel, gaussian_kl, images_to_
                                   presets)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # 2 shared cores: one thread per test process keeps timings predictable
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(**overrides) -> WorldModel:
-    torch.manual_seed(0)
-    return WorldModel(SSMConfig.from_preset('debug', image_size=16, **overrides))
+tiny = tiny_world_model
 
 
 def random_batch(B=3, T=5, size=16, seed=0):

@@ -18,14 +18,6 @@ SMALL = {'model': {'image_size': 16}, 'data': {'image_size': 16, 'val_fraction':
          'train': {'threads': 1}}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope='module')
 def bag(tmp_path_factory):
     return world_bag(tmp_path_factory.mktemp('wb') / 'bag', episodes=8, steps=20, image_size=32)
