@@ -112,6 +112,21 @@ def check_state_dict(expected: dict, got: dict, path, what: str) -> None:
                          + ', '.join(parts))
 
 
+def load_model(model_cls, config_cls, path, kind: str, what: str, device='cpu'):
+    """Build ``model_cls(config)`` from the config stored in the checkpoint and load its
+    weights, with clear errors for a bad config or weights that do not fit it."""
+    ckpt = load_checkpoint(path, kind)
+    try:
+        cfg = config_cls.from_dict(ckpt['config'])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{path}: bad {what} config in checkpoint: {e}') from None
+    model = model_cls(cfg)
+    check_state_dict(model.state_dict(), ckpt['state_dict'], path, what)
+    model.load_state_dict(ckpt['state_dict'])
+    model.checkpoint_extra = ckpt.get('extra') or {}
+    return model.to(device).eval()
+
+
 def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
     """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights)."""
     ckpt = load_checkpoint(src, None)
@@ -119,5 +134,6 @@ def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
     return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)
 
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'export_checkpoint', 'check_state_dict',
+__all__ = ['save_checkpoint', 'load_checkpoint', 'load_model', 'export_checkpoint',
+           'check_state_dict',
            'FORMAT_VERSION']

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from world_model_ctrl.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from world_model_ctrl.checkpoint import load_model, save_checkpoint
 from world_model_ctrl.configs import from_dict
 
 CHECKPOINT_KIND = 'prior'
@@ -642,16 +642,7 @@ class PriorModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu') -> 'PriorModel':
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND)
-        try:
-            cfg = DiffusionConfig.from_dict(ckpt['config'])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f'{path}: bad prior config in checkpoint: {e}') from None
-        model = cls(cfg)
-        check_state_dict(model.state_dict(), ckpt['state_dict'], path, 'prior')
-        model.load_state_dict(ckpt['state_dict'])
-        model.checkpoint_extra = ckpt.get('extra') or {}
-        return model.to(device).eval()
+        return load_model(cls, DiffusionConfig, path, CHECKPOINT_KIND, 'prior', device)
 
 
 __all__ = ['DiffusionConfig', 'presets', 'GaussianDiffusion', 'UNet', 'PriorModel', 'EMA',

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from world_model_ctrl.configs import from_dict
-from world_model_ctrl.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from world_model_ctrl.checkpoint import load_model, save_checkpoint
 
 CHECKPOINT_KIND = 'ssm'
 _LOG_2PI = math.log(2 * math.pi)
@@ -382,16 +382,7 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu') -> 'WorldModel':
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND)
-        try:
-            cfg = SSMConfig.from_dict(ckpt['config'])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f'{path}: bad SSM config in checkpoint: {e}') from None
-        model = cls(cfg)
-        check_state_dict(model.state_dict(), ckpt['state_dict'], path, 'SSM')
-        model.load_state_dict(ckpt['state_dict'])
-        model.checkpoint_extra = ckpt.get('extra') or {}
-        return model.to(device).eval()
+        return load_model(cls, SSMConfig, path, CHECKPOINT_KIND, 'SSM', device)
 
 
 __all__ = ['SSMConfig', 'presets', 'Posterior', 'WorldModel', 'gaussian_kl', 'gaussian_loglik',

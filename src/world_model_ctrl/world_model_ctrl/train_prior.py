@@ -22,13 +22,13 @@ import torch
 from tqdm import tqdm
 
 from world_model_ctrl.configs import from_dict
-from world_model_ctrl.data import DataConfig, build_cache, split_episodes
+from world_model_ctrl.data import DataConfig
 from world_model_ctrl.diffusion import (CHECKPOINT_KIND, EMA, DiffusionConfig, PriorModel,
                                         calibrate_threshold)
 from world_model_ctrl.eval_prior import map_batches, spread
 from world_model_ctrl.ssm import images_to_tensor
-from world_model_ctrl.training import (autocast, layered_config, load_for_resume, setup_run,
-                                       summary_writer, wrap_ddp)
+from world_model_ctrl.training import (autocast, episode_split, layered_config,
+                                       load_for_resume, setup_run, summary_writer, wrap_ddp)
 from world_model_ctrl.validity import validity_fraction
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     rank, world, device = setup_run(cfg)
     out = Path(out)
 
-    # -- data: one on-disk cache shared by all ranks; split by episode --------------------
-    cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
-    cache = build_cache(list(bags), cache_dir, dcfg, progress=progress and rank == 0)
-    train_eps, val_eps = split_episodes(range(len(cache)), dcfg.val_fraction, dcfg.seed)
+    cache, train_eps, val_eps = episode_split(bags, out, cache_dir, dcfg, rank, progress)
     train_idx, val_idx = episode_frames(cache, train_eps), episode_frames(cache, val_eps)
     rng = np.random.default_rng(tcfg.seed * 1000 + rank)
 

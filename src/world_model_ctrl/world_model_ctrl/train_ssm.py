@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from world_model_ctrl.configs import from_dict
-from world_model_ctrl.data import DataConfig, SequenceDataset, build_cache, split_episodes
+from world_model_ctrl.data import DataConfig, SequenceDataset
 from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
-from world_model_ctrl.training import (autocast, layered_config, load_for_resume, setup_run,
-                                       summary_writer, wrap_ddp)
+from world_model_ctrl.training import (autocast, episode_split, layered_config,
+                                       load_for_resume, setup_run, summary_writer, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     rank, world, device = setup_run(cfg)
     out = Path(out)
 
-    # -- data: one on-disk cache shared by all ranks; split by episode --------------------
-    cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
-    cache = build_cache(list(bags), cache_dir, dcfg, progress=progress and rank == 0)
-    train_idx, val_idx = split_episodes(range(len(cache)), dcfg.val_fraction, dcfg.seed)
+    cache, train_idx, val_idx = episode_split(bags, out, cache_dir, dcfg, rank, progress)
     train_set = SequenceDataset(cache, tcfg.seq_len, train_idx)
     val_set = SequenceDataset(cache, tcfg.seq_len, val_idx) if val_idx else None
     sampler_gen = torch.Generator().manual_seed(tcfg.seed * 1000 + rank)

@@ -11,7 +11,7 @@ import yaml
 
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.checkpoint import load_checkpoint
-from world_model_ctrl.data import DataConfig
+from world_model_ctrl.data import DataConfig, build_cache, split_episodes
 
 
 def load_yaml(path) -> dict:
@@ -74,6 +74,15 @@ def setup_run(cfg: dict) -> tuple[int, int, torch.device]:
         raise ValueError(f'model image_size {mcfg.image_size} != data image_size '
                          f'{dcfg.image_size}: set both (data.image_size, model.image_size)')
     return rank, world, device
+
+
+def episode_split(bags, out: Path, cache_dir, dcfg: DataConfig, rank: int, progress: bool):
+    """One on-disk cache of the bags shared by all ranks, split by episode: (cache, train
+    episode indices, validation episode indices)."""
+    cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
+    cache = build_cache(list(bags), cache_dir, dcfg, progress=progress and rank == 0)
+    train_eps, val_eps = split_episodes(range(len(cache)), dcfg.val_fraction, dcfg.seed)
+    return cache, train_eps, val_eps
 
 
 def load_for_resume(out: Path, kind: str, model_config: dict) -> dict:
