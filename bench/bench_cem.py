@@ -21,6 +21,8 @@ import time
 import torch
 from torch import nn
 
+from machine import write_report  # bench/ is the script's folder
+
 from world_model_ctrl.cem import CEMConfig, cem_plan, resolve_device
 
 LATENT, HIDDEN, ACTION = 32, 200, 2
@@ -202,10 +204,8 @@ def main():
         "note": "ratio = ours (1 particle) / torchrl p50, same N/H/I/top_k; < 1: ours faster",
         "results": results,
     }
+    write_report(report, args.json)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
 
 

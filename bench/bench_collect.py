@@ -3,7 +3,6 @@
     .venv/bin/python bench/bench_collect.py --json out/bench_collect.json
 """
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -11,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 
 from world_model_ctrl.collect import collect  # noqa: E402
 
@@ -57,11 +56,7 @@ def main():
            'steps_per_s_median': statistics.median(rates), 'steps_per_s_runs': rates,
            'steady_steps_per_s_median': statistics.median(steady),
            'steady_steps_per_s_runs': steady, 'target_steps_per_s': 300}
-    text = json.dumps(out, indent=2)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(text + '\n')
-    print(text)
+    print(write_report(out, a.json))
 
 
 if __name__ == '__main__':

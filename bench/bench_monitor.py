@@ -3,7 +3,6 @@
     .venv/bin/python bench/bench_monitor.py --json out/monitor_cost.json
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 
 from room_sim.world import RoomWorld  # noqa: E402
 from world_model_ctrl.diffusion import PriorModel  # noqa: E402
@@ -41,11 +40,7 @@ def main():
            'machine': machine_info(), 'threads': a.threads, 'runs': a.runs,
            'ood_score_ms_p50': float(np.percentile(times, 50)),
            'ood_score_ms_p99': float(np.percentile(times, 99))}
-    text = json.dumps(out, indent=2)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(text + '\n')
-    print(text)
+    print(write_report(out, a.json))
 
 
 if __name__ == '__main__':

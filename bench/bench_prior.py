@@ -13,7 +13,6 @@ diffusers: its DDIMScheduler loop). Ratios are ours / diffusers: time below 1 or
 """
 import argparse
 import json
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cem import time_ms  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 
 from world_model_ctrl.cem import resolve_device  # noqa: E402
 from world_model_ctrl.diffusion import DiffusionConfig, PriorModel  # noqa: E402
@@ -185,10 +184,8 @@ def main():
                 'sample_ms: one DDIM run of `samples` images at `sample_steps`',
         'results': results,
     }
+    write_report(report, args.json)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=2)
         print(f'wrote {args.json}')
 
 

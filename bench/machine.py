@@ -1,7 +1,9 @@
 """Machine facts recorded next to every benchmark figure."""
 import datetime
+import json
 import os
 import platform
+from pathlib import Path
 
 
 def machine_info() -> dict:
@@ -19,3 +21,12 @@ def machine_info() -> dict:
             'torch_threads': torch.get_num_threads(),
             'cuda': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             'load_avg_1m': os.getloadavg()[0]}
+
+
+def write_report(report: dict, path) -> str:
+    """The report as indented JSON; also written to ``path`` (parents created) when given."""
+    text = json.dumps(report, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + '\n')
+    return text
