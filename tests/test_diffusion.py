@@ -282,3 +282,26 @@ def test_vlb_training_loss_is_the_bound_estimate():
     torch.testing.assert_close(terms['loss'], vlb.mean() * m.config.timesteps / x[0].numel())
     terms['loss'].backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('target', ['eps', 'x0'])
+def test_trunc_snr_loss_is_eps_mse_at_low_noise_and_x0_mse_at_high_noise(target):
+    """loss='trunc_snr' = max(SNR, 1) ||x0 - x0_hat||^2: the eps-prediction MSE where SNR >= 1,
+    the x0-prediction MSE where SNR < 1, for either network target."""
+    m = random_prior(size=8, loss='trunc_snr', target=target).float()
+    d = m.diffusion
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    snr = d.snr[1:]
+    t_low = int(torch.nonzero(snr > 4)[-1]) + 1         # SNR well above 1
+    t_high = int(torch.nonzero(snr < 0.25)[0]) + 1      # SNR well below 1
+    for t_val, want in ((t_low, 'eps'), (t_high, 'x0')):
+        t = torch.full((4,), t_val)
+        eps = torch.randn_like(x0)
+        terms = d.loss_terms(m.net, x0, t, eps)
+        x0_hat, eps_hat = d.predict(m.net, d.q_sample(x0, t, eps), t)
+        ref = (((eps_hat - eps) if want == 'eps' else (x0_hat - x0)) ** 2).mean((1, 2, 3))
+        torch.testing.assert_close(terms['trunc_snr'], ref, rtol=1e-4, atol=1e-6)
+    loss = m.loss((x0 + 1) / 2, generator=torch.Generator().manual_seed(0))
+    assert loss['loss'] > 0
+    loss['loss'].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -29,6 +29,8 @@ CHECKPOINT_KIND = 'prior'
 # a colour shift), higher ones layout (extra objects, a changed room)
 OOD_LEVELS = (0.02, 0.1, 0.3)
 
+LOSSES = ('simple', 'vlb', 'trunc_snr')
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -46,7 +48,8 @@ class DiffusionConfig:
     timesteps: int = 1000         # T
     schedule: str = 'cosine'      # 'linear' (Ho et al.) or 'cosine' (Nichol & Dhariwal)
     target: str = 'eps'           # what the network predicts: 'eps' or 'x0'
-    loss: str = 'simple'          # 'simple' (unweighted MSE on the target) or 'vlb' (the bound)
+    loss: str = 'simple'          # 'simple' (unweighted MSE on the target), 'vlb' (the bound)
+    #                               or 'trunc_snr' (max(SNR, 1) ||x0 - x0_hat||^2, see loss_terms)
     ema_decay: float = 0.999      # EMA of the weights used for sampling and scoring
     sample_steps: int = 50        # default DDIM steps
 
@@ -67,8 +70,8 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.target not in ('eps', 'x0'):
             raise ValueError(f"target must be 'eps' or 'x0', got {self.target!r}")
-        if self.loss not in ('simple', 'vlb'):
-            raise ValueError(f"loss must be 'simple' or 'vlb', got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay}')
         if not 0.0 <= self.dropout < 1.0:
@@ -225,9 +228,12 @@ class GaussianDiffusion(nn.Module):
     # ---- objectives ----
 
     def loss_terms(self, model: Model, x0, t, eps) -> dict:
-        """Per-image terms at given t (B,) and noise: 'mse' (the simple objective, mean over D)
-        and 'vlb' (nats): L_{t-1} = 1/2 (SNR(t-1) - SNR(t)) ||x_0 - x0_hat||^2 for t >= 2,
-        L_0 = -log p(x_0 | x_1) (discretised) for t = 1."""
+        """Per-image terms at given t (B,) and noise: 'mse' (the simple objective, mean over D),
+        'vlb' (nats): L_{t-1} = 1/2 (SNR(t-1) - SNR(t)) ||x_0 - x0_hat||^2 for t >= 2,
+        L_0 = -log p(x_0 | x_1) (discretised) for t = 1, and 'trunc_snr': max(SNR(t), 1)
+        ||x_0 - x0_hat||^2 (mean over D), Salimans & Ho 2022's truncated SNR weighting. As
+        ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2, it is the eps loss at low noise (sharp
+        detail) and the x0 loss at high noise (layout), whatever the network predicts."""
         t = t.to(self.abar.device)
         xt = self.q_sample(x0, t, eps)
         out = model(xt, t.to(x0.device)).to(x0.dtype)
@@ -240,7 +246,8 @@ class GaussianDiffusion(nn.Module):
         nll0 = -discretized_gaussian_loglik(
             x0, x0_hat, 0.5 * torch.log(self.decoder_var()).to(x0.dtype)).sum(dims)
         vlb = torch.where(t.to(x0.device) == 1, nll0, kl)
-        return {'mse': mse, 'vlb': vlb}
+        trunc = self.snr[t].clamp(min=1.0).to(x0.dtype) * ((x0 - x0_hat) ** 2).mean(dims)
+        return {'mse': mse, 'vlb': vlb, 'trunc_snr': trunc}
 
     def loss(self, model: Model, x0, generator=None) -> dict:
         """Training loss on a batch (t ~ U{1..T}). 'vlb' reports T E_t[L] per dimension (nats),
@@ -251,7 +258,8 @@ class GaussianDiffusion(nn.Module):
         terms = self.loss_terms(model, x0, t, eps)
         vlb = terms['vlb'].mean() * self.T / D
         mse = terms['mse'].mean()
-        return {'loss': mse if self.loss_kind == 'simple' else vlb,
+        loss = {'simple': mse, 'vlb': vlb, 'trunc_snr': terms['trunc_snr'].mean()}
+        return {'loss': loss[self.loss_kind],
                 'mse': mse.detach(), 'vlb': vlb.detach()}
 
     # ---- samplers ----
@@ -648,4 +656,4 @@ class PriorModel(nn.Module):
 __all__ = ['DiffusionConfig', 'presets', 'GaussianDiffusion', 'UNet', 'PriorModel', 'EMA',
            'make_betas', 'gaussian_kl', 'discretized_gaussian_loglik', 'timestep_embedding',
            'calibrate_threshold', 'images_to_model', 'model_to_images',
-           'CHECKPOINT_KIND', 'OOD_LEVELS']
+           'CHECKPOINT_KIND', 'OOD_LEVELS', 'LOSSES']
