@@ -242,11 +242,12 @@ class GaussianDiffusion(nn.Module):
         x0_hat = self._x0_from(out, xt, t)
         # c_t^2 / (2 alpha~_t) = (SNR(t-1) - SNR(t)) / 2 (theory.md's corrected weight)
         w = 0.5 * (self.snr[(t - 1).clamp(min=1)] - self.snr[t])
-        kl = w.to(x0.dtype) * ((x0 - x0_hat) ** 2).sum(dims)
+        sq = (x0 - x0_hat) ** 2
+        kl = w.to(x0.dtype) * sq.sum(dims)
         nll0 = -discretized_gaussian_loglik(
             x0, x0_hat, 0.5 * torch.log(self.decoder_var()).to(x0.dtype)).sum(dims)
         vlb = torch.where(t.to(x0.device) == 1, nll0, kl)
-        trunc = self.snr[t].clamp(min=1.0).to(x0.dtype) * ((x0 - x0_hat) ** 2).mean(dims)
+        trunc = self.snr[t].clamp(min=1.0).to(x0.dtype) * sq.mean(dims)
         return {'mse': mse, 'vlb': vlb, 'trunc_snr': trunc}
 
     def loss(self, model: Model, x0, generator=None) -> dict:
