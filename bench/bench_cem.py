@@ -11,17 +11,14 @@ the config's particles. Ratio = ours / torchrl (below 1: ours is faster).
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from machine import write_report  # bench/ is the script's folder
+from machine import cpu_name, machine_info, write_report  # bench/ is the script's folder
 
 from world_model_ctrl.cem import CEMConfig, cem_plan, resolve_device
 
@@ -117,14 +114,7 @@ def time_ms(fns, device, warmup, runs):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return cpu_name()
 
 
 def bench_device(device, configs, warmup, runs):
@@ -195,11 +185,7 @@ def main():
         results += bench_device(resolve_device(d), configs, args.warmup, args.runs)
     report = {
         "benchmark": "cem_plan vs torchrl.modules.planners.CEMPlanner",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "torchrl": torchrl_version,
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {**machine_info(), "torchrl": torchrl_version},
         "model": {"latent": LATENT, "hidden": HIDDEN, "action": ACTION},
         "note": "ratio = ours (1 particle) / torchrl p50, same N/H/I/top_k; < 1: ours faster",
         "results": results,

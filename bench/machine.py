@@ -6,15 +6,21 @@ import platform
 from pathlib import Path
 
 
-def machine_info() -> dict:
-    import torch
-    cpu = platform.processor() or ''
+def cpu_name(unknown: str = 'cpu') -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows, else ``unknown``."""
+    cpu = platform.processor() or unknown
     try:
         with open('/proc/cpuinfo') as f:
             cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')),
                        cpu)
     except OSError:
         pass
+    return cpu
+
+
+def machine_info() -> dict:
+    import torch
+    cpu = cpu_name('')
     return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'platform': platform.platform(), 'python': platform.python_version(),
             'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch': torch.__version__,
