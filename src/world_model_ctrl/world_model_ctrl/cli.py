@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -351,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # progress lines from the library (cache reuse, per-evaluation metrics, early stops)
+    logging.basicConfig(level=os.environ.get('WMC_LOG_LEVEL', 'INFO').upper(),
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+                        datefmt='%H:%M:%S')
     try:
         return args.func(args)
     except (FileExistsError, FileNotFoundError, ValueError, TimeoutError, RuntimeError) as e:

@@ -41,15 +41,16 @@ class DiffusionConfig:
     image_size: int = 64          # square frames; divisible by 2 ** (len(channel_mults) - 1)
     channels: int = 3
     base_channels: int = 32       # UNet width at full resolution
-    channel_mults: Sequence[int] = (1, 2, 2)   # width multiplier per resolution (halved each)
+    channel_mults: Sequence[int] = (1, 2, 2, 2)   # width multiplier per resolution (halved each)
     num_res_blocks: int = 1       # residual blocks per resolution on the way down
-    attention: bool = False       # self-attention at the lowest resolution (costly on CPU)
+    attention: bool = True        # self-attention at the lowest resolution (8x8 at 64x64)
     dropout: float = 0.0
     timesteps: int = 1000         # T
     schedule: str = 'cosine'      # 'linear' (Ho et al.) or 'cosine' (Nichol & Dhariwal)
-    target: str = 'eps'           # what the network predicts: 'eps' or 'x0'
-    loss: str = 'simple'          # 'simple' (unweighted MSE on the target), 'vlb' (the bound)
-    #                               or 'trunc_snr' (max(SNR, 1) ||x0 - x0_hat||^2, see loss_terms)
+    target: str = 'x0'            # what the network predicts: 'x0' or 'eps' (docs/prior.md:
+    #                               eps fails at high noise under the cosine schedule)
+    loss: str = 'trunc_snr'       # 'trunc_snr' (max(SNR, 1) ||x0 - x0_hat||^2, see loss_terms),
+    #                               'simple' (unweighted MSE on the target) or 'vlb' (the bound)
     ema_decay: float = 0.999      # EMA of the weights used for sampling and scoring
     sample_steps: int = 50        # default DDIM steps
 

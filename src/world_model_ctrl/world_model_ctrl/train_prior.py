@@ -54,11 +54,14 @@ class TrainPriorConfig:
     device: str = 'auto'        # auto | cpu | cuda | cuda:N
     bf16: bool = True           # bf16 autocast on CUDA (ignored on CPU)
     threads: int = 0            # torch CPU threads (0 = torch's default)
+    max_minutes: float = 0.0    # also stop (evaluate, calibrate, save) after this long; 0 = off
 
     def __post_init__(self):
         for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.max_minutes < 0:
+            raise ValueError(f'max_minutes must be >= 0, got {self.max_minutes}')
         if not 0.0 < self.ood_quantile < 1.0:
             raise ValueError(f'ood_quantile must be in (0, 1), got {self.ood_quantile}')
 
@@ -197,7 +200,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     bar = tqdm(total=tcfg.steps, initial=step, desc='train-prior', unit='step',
                disable=not progress or rank != 0, dynamic_ncols=True)
     model.train()
-    while step < tcfg.steps:
+    last = step >= tcfg.steps
+    while not last:
         images = frames_to_tensor(cache, rng.choice(train_idx, tcfg.batch_size), device)
         for group in opt.param_groups:
             group['lr'] = tcfg.lr * min(1.0, (step + 1) / max(1, tcfg.warmup))
@@ -211,7 +215,9 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         step += 1
         seen += images.shape[0] * world
         bar.update(1)
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
+        last = step >= tcfg.steps or out_of_time(time.perf_counter() - t0, tcfg.max_minutes,
+                                                 world, device)
+        if step % tcfg.log_every == 0 or last:
             bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
             if writer is not None:
                 for k, v in terms.items():
@@ -220,10 +226,11 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
                 writer.add_scalar('train/images_per_s',
                                   seen / (time.perf_counter() - t0 - side), step)
         t_side = time.perf_counter()
-        if rank == 0 and (step % tcfg.sample_every == 0 or step == tcfg.steps):
+        if rank == 0 and (step % tcfg.sample_every == 0 or last):
             metrics = evaluate(step)
-        if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
-            if step == tcfg.steps and rank == 0:
+            log.info('step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in metrics.items()))
+        if step % tcfg.ckpt_every == 0 or last:
+            if last and rank == 0:
                 ood = calibrate()
             save(metrics, ood)
         side += time.perf_counter() - t_side
@@ -234,10 +241,27 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         writer.close()
     model.eval()
     trained = remaining > 0 and train_s > 0
-    return {'checkpoint': str(out), 'steps': step, 'seconds': round(elapsed, 2),
+    if step < tcfg.steps:
+        log.warning('stopped by train.max_minutes=%g at step %d of %d', tcfg.max_minutes, step,
+                    tcfg.steps)
+    return {'checkpoint': str(out), 'steps': step, 'stopped_by_time': step < tcfg.steps,
+            'seconds': round(elapsed, 2),
             'images_per_s': round(seen / train_s, 1) if trained else None,
             'device': str(device), 'world_size': world,
             'ood_threshold': ood['threshold'] if ood else None, **metrics}
+
+
+def out_of_time(elapsed_s: float, max_minutes: float, world: int = 1, device=None) -> bool:
+    """True once ``max_minutes`` (0 = no limit) have passed; under torchrun all ranks agree."""
+    if max_minutes <= 0:
+        return False
+    over = elapsed_s >= 60.0 * max_minutes
+    if world > 1:
+        import torch.distributed as dist
+        flag = torch.tensor(float(over), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # rank 0's clock may run ahead
+        over = bool(flag.item())
+    return over
 
 
 class _Loss(torch.nn.Module):
@@ -249,5 +273,5 @@ class _Loss(torch.nn.Module):
         return self.model.loss(images)
 
 
-__all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'train',
+__all__ = ['TrainPriorConfig', 'PRESETS', 'resolve_config', 'train', 'out_of_time',
            'episode_frames', 'frames_to_tensor', 'validation_loss']
