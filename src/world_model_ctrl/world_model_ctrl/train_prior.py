@@ -73,7 +73,9 @@ class TrainPriorConfig:
 # Named presets over the dataclass defaults: model + train overlays.
 PRESETS = {
     'default': {'model': {}, 'train': {}},
-    # Sized for CPU training on 2 cores (the shipped checkpoint): 0.5 GFLOP per 64x64 frame.
+    # The shipped prior's UNet (0.5 GFLOP per 64x64 frame). These train settings suit 2 CPU
+    # cores (~50 min: a working OOD score); clean samples need ~1.4 M images, e.g. on a GPU
+    # --set train.batch_size=128 --steps 10000 (see the model card).
     'small': {'model': {'preset': 'small'},
               'train': dict(steps=6000, batch_size=16, lr=4e-4, warmup=200, sample_every=1000,
                             ckpt_every=500, calib_frames=512)},
