@@ -43,7 +43,7 @@ def trained(bag, tmp_path_factory):
 def test_training_learns_and_writes_a_self_describing_checkpoint(bag, trained, tmp_path):
     out, summary = trained
     first = train([bag], tmp_path / 'one.pt', _cfg(1), progress=False)
-    # Learning, not noise: the held-out eps-MSE (fixed frames, t and noise) drops.
+    # Learning, not noise: the held-out target MSE (fixed frames, t and noise) drops.
     assert summary['val_mse'] < 0.8 * first['val_mse'], (first['val_mse'], summary['val_mse'])
     assert summary['images_per_s'] > 0 and summary['steps'] == 150
     assert 0.0 <= summary['sample_validity'] <= 1.0

@@ -243,10 +243,11 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         writer.close()
     model.eval()
     trained = remaining > 0 and train_s > 0
-    if step < tcfg.steps:
+    stopped_by_time = step < tcfg.steps
+    if stopped_by_time:
         log.warning('stopped by train.max_minutes=%g at step %d of %d', tcfg.max_minutes, step,
                     tcfg.steps)
-    return {'checkpoint': str(out), 'steps': step, 'stopped_by_time': step < tcfg.steps,
+    return {'checkpoint': str(out), 'steps': step, 'stopped_by_time': stopped_by_time,
             'seconds': round(elapsed, 2),
             'images_per_s': round(seen / train_s, 1) if trained else None,
             'device': str(device), 'world_size': world,
