@@ -45,9 +45,11 @@ def generate_launch_description():
              condition=IfCondition(arg('use_sim'))),
         Node(package='world_model_ctrl', executable='belief', name='belief',
              namespace=arg('namespace'), parameters=[control, model], remappings=remaps),
+        # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
         Node(package='world_model_ctrl', executable='planner', name='planner',
-             namespace=arg('namespace'), parameters=[control, model], remappings=remaps,
-             output='screen'),
+             namespace=arg('namespace'),
+             parameters=[control, {**model, 'require_monitor': arg('monitor')}],
+             remappings=remaps, output='screen'),
         Node(package='world_model_ctrl', executable='image_monitor', name='image_monitor',
              namespace=arg('namespace'),
              parameters=[control, {'checkpoint': arg('prior_checkpoint'),

@@ -4,6 +4,10 @@ Modes:
   realtime  steps on a timer at ``rate_hz`` with the latest command (zero after ``cmd_timeout``).
   lockstep  one step per received command, publishes /clock (sim time), as fast as the consumer.
 """
+import signal
+import sys
+import threading
+
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
@@ -12,6 +16,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
@@ -48,6 +53,9 @@ class RoomSimNode(Node):
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
         p = self.get_parameter
+        for name in ('rate_hz', 'cmd_timeout', 'republish_period', 'qos_depth'):
+            if not p(name).value > 0:
+                raise ValueError(f'parameter {name} must be > 0, got {p(name).value}')
         goal, self.start = (self._optional(name) for name in ('goal', 'start'))
         cfg = WorldConfig(goal=list(goal) if goal else None,
                           **{k: p(k).value for k in WORLD_PARAMS})
@@ -113,7 +121,7 @@ class RoomSimNode(Node):
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
         cmd = np.array([twist.linear.x, twist.linear.y])
         if not np.all(np.isfinite(cmd)):
-            self.get_logger().warn(f'ignoring non-finite command {cmd}')
+            self.get_logger().warning(f'ignoring non-finite command {cmd}')
             return
         self.cmd, self.cmd_time = cmd, self.get_clock().now()
         if self.mode == 'lockstep':
@@ -173,19 +181,36 @@ class RoomSimNode(Node):
             self.last_publish = self.get_clock().now()
 
 
-def main(args=None):
-    rclpy.init(args=args)
+def main(args=None) -> int:
+    """Spin until SIGINT/SIGTERM (any number of them), then exit 0 without a traceback; a bad
+    parameter is one line and exit code 2 (as world_model_ctrl.spin.run_node, which this
+    package cannot import)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as e:
+        print(f'[ERROR] [room_sim]: cannot start: {e}', file=sys.stderr)
+        return 2
     node = None
     try:
-        node = RoomSimNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
+        try:
+            node = RoomSimNode()
+        except Exception as e:
+            print(f'[ERROR] [room_sim]: cannot start: {e}', file=sys.stderr)
+            return 2
+        while not stop.is_set() and rclpy.ok():
+            rclpy.spin_once(node, timeout_sec=0.1)
+        return 0
     finally:
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(uninstall_handlers=False)   # keep ours: a 2nd signal must not kill
+        # ... nor one during interpreter exit, when Python puts back the default handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

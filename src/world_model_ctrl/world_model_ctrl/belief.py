@@ -2,6 +2,9 @@
 
 Each frame: convert (any encoding/size) -> one WorldModel.step with the last command sent ->
 publish mean/std (messages.belief_to_msg) stamped with the frame's header, and the time taken.
+Bad input never stops it: a frame that is not a usable camera image is dropped, a non-finite
+command is ignored (the last finite one stays), and a filter state that turns non-finite is
+reset without publishing; each with a throttled warning naming the reason.
 """
 import time
 
@@ -14,9 +17,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32, Header
 
 from world_model_ctrl.data import image_to_rgb
-from world_model_ctrl.messages import action_from_cmd, belief_to_msg
+from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_action_fields
 from world_model_ctrl.paths import resolve_checkpoint
-from world_model_ctrl.spin import spin_node
+from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.cem import resolve_device
 
@@ -37,15 +40,13 @@ class BeliefNode(Node):
         self.declare_parameter('cmd_sync', False)
         self.declare_parameter('cmd_sync_timeout', 0.05)
         p = self.get_parameter
+        require_positive('cmd_sync_timeout', p('cmd_sync_timeout').value)
         torch.set_num_threads(max(1, p('threads').value))
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.size = self.model.config.image_size
-        self.fields = list(p('action_fields').value)
-        if len(self.fields) != self.model.config.action_dim:
-            raise ValueError(f'action_fields {self.fields} do not match the model action_dim '
-                             f'{self.model.config.action_dim}')
+        self.fields = check_action_fields(p('action_fields').value, self.model.config.action_dim)
         self.h = None
         self.last_action = np.zeros(len(self.fields), np.float32)
         self.cmd_sync = p('cmd_sync').value
@@ -71,7 +72,12 @@ class BeliefNode(Node):
             self.create_timer(self.sync_timeout / 2, self.flush_pending)
 
     def on_cmd(self, msg):
-        self.last_action = action_from_cmd(msg, self.fields)
+        action = action_from_cmd(msg, self.fields)
+        if np.all(np.isfinite(action)):
+            self.last_action = action
+        else:
+            self.get_logger().warning(f'ignoring non-finite command {action.tolist()}: keeping '
+                                   f'{self.last_action.tolist()}', throttle_duration_sec=5.0)
         self.new_cmd = True
         if self.pending is not None:
             self.filter(self.pending[0])
@@ -83,9 +89,10 @@ class BeliefNode(Node):
 
     def on_image(self, msg):
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        if stamp == self.last_stamp:
+        if self.cmd_sync and stamp == self.last_stamp:
             # A lockstep sim re-sends a frame when its loop stalled: something downstream was
-            # lost. Re-send the belief (filtering the same frame twice would be wrong).
+            # lost. Re-send the belief (filtering the same frame twice would be wrong). Only
+            # there: a real camera may leave every stamp equal (e.g. zero).
             if self.last_belief is not None:
                 self.pub.publish(self.last_belief)
             return
@@ -100,20 +107,26 @@ class BeliefNode(Node):
 
     @torch.no_grad()
     def filter(self, msg):
-        if self.first:                    # nothing led to an episode's first frame
-            self.last_action[:] = 0.0
         self.pending = None
-        self.new_cmd = self.first = False
-        self.last_stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         t0 = time.perf_counter()
         try:
             rgb = image_to_rgb(msg, self.size)
         except ValueError as e:
-            self.get_logger().warn(f'dropping frame: {e}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping frame: {e}', throttle_duration_sec=5.0)
             return
+        if self.first:                    # nothing led to an episode's first frame
+            self.last_action[:] = 0.0
+        self.new_cmd = self.first = False
+        self.last_stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         x = images_to_tensor(rgb[None]).to(self.device)                      # (1, 3, S, S)
         a = torch.from_numpy(self.last_action[None]).to(self.device)         # (1, A)
-        self.h, mean, std = self.model.step(self.h, x, a)
+        h, mean, std = self.model.step(self.h, x, a)
+        if not all(bool(torch.isfinite(t).all()) for t in (h, mean, std)):
+            self.get_logger().warning('filter state turned non-finite: resetting it (no belief '
+                                   'for this frame)', throttle_duration_sec=5.0)
+            self.on_reset(None)
+            return
+        self.h = h
         self.last_belief = belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
                                          msg.header)
         self.pub.publish(self.last_belief)
@@ -121,8 +134,8 @@ class BeliefNode(Node):
 
 
 def main(args=None):
-    spin_node(BeliefNode, args)
+    return run_node(BeliefNode, args)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

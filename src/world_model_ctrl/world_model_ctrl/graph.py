@@ -55,6 +55,8 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
     for exe in ('belief', 'planner'):
         nodes.append(('world_model_ctrl', exe, NodeSpec(
             EXECUTABLES[('world_model_ctrl', exe)], dict(model), dict(remaps), [control], exe)))
+    # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
+    nodes[-1][2].params['require_monitor'] = _bool(a['monitor'])
     if _bool(a['monitor']):
         nodes.append(('world_model_ctrl', 'image_monitor', NodeSpec(
             EXECUTABLES[('world_model_ctrl', 'image_monitor')],

@@ -4,9 +4,13 @@ At ``rate_hz`` the latest frame is scored (PriorModel.ood_score: a few fixed noi
 batched pass). Publishes ``image_monitor/score`` and a DiagnosticStatus on ``/diagnostics``.
 When the score stays above the checkpoint's calibrated threshold for ``hold_s`` seconds it sets
 ``planner/stop`` true (the planner then holds zero) until it stays below for ``release_s``.
+``planner/stop`` is published on every tick, frames or not: it is the monitor's heartbeat, and a
+planner started with ``require_monitor`` holds zero when it stops coming. A frame that cannot be
+converted is dropped with a throttled warning.
 """
 import time
 
+import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
@@ -18,7 +22,7 @@ from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diffusion import PriorModel
 from world_model_ctrl.paths import resolve_checkpoint
-from world_model_ctrl.spin import spin_node
+from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import images_to_tensor
 
 
@@ -35,6 +39,10 @@ class ImageMonitorNode(Node):
         self.declare_parameter('release_s', 1.0)
         self.declare_parameter('threads', 1)
         p = self.get_parameter
+        require_positive('rate_hz', p('rate_hz').value)
+        for name in ('threshold', 'hold_s', 'release_s'):
+            if not p(name).value >= 0:
+                raise ValueError(f'parameter {name} must be >= 0, got {p(name).value}')
         torch.set_num_threads(max(1, p('threads').value))
         ckpt = resolve_checkpoint(p('checkpoint').value, 'prior.pt')
         self.device = resolve_device(p('device').value)
@@ -58,21 +66,39 @@ class ImageMonitorNode(Node):
     def on_image(self, msg):
         self.frame = msg
 
-    @torch.no_grad()
     def on_timer(self):
+        score = self.score_latest()
+        if score is not None:
+            self.update(score)
+        self.pub_stop.publish(Bool(data=self.stopped))      # every tick: the heartbeat
+
+    @torch.no_grad()
+    def score_latest(self):
+        """OOD score of the newest frame since the last tick, or None (none, or unusable)."""
         if self.frame is None:
-            return
+            return None
         msg, self.frame = self.frame, None
-        rgb = image_to_rgb(msg, self.model.config.image_size)
+        try:
+            rgb = image_to_rgb(msg, self.model.config.image_size)
+        except ValueError as e:
+            self.get_logger().warning(f'dropping frame: {e}', throttle_duration_sec=5.0)
+            return None
         x = images_to_tensor(rgb[None]).to(self.device)                   # (1, 3, S, S)
         score = float(self.model.ood_score(x)[0])
+        if not np.isfinite(score):
+            self.get_logger().warning('non-finite OOD score: treating the frame as unfamiliar',
+                                   throttle_duration_sec=5.0)
+            score = float('inf')
+        return score
+
+    def update(self, score: float):
         now = time.monotonic()
         if score > self.threshold:
             self.below_since = None
             self.above_since = self.above_since or now
             if not self.stopped and now - self.above_since >= self.hold:
                 self.stopped = True
-                self.get_logger().warn(f'unfamiliar camera frames (score {score:.3g} > '
+                self.get_logger().warning(f'unfamiliar camera frames (score {score:.3g} > '
                                        f'{self.threshold:.3g}): stopping the planner')
         else:
             self.above_since = None
@@ -81,7 +107,6 @@ class ImageMonitorNode(Node):
                 self.stopped = False
                 self.get_logger().info('frames look familiar again: releasing the planner')
         self.pub_score.publish(Float32(data=score))
-        self.pub_stop.publish(Bool(data=self.stopped))
         level = DiagnosticStatus.ERROR if self.stopped else (
             DiagnosticStatus.WARN if score > self.threshold else DiagnosticStatus.OK)
         status = DiagnosticStatus(level=level, name='world_model_ctrl: image_monitor',
@@ -96,8 +121,8 @@ class ImageMonitorNode(Node):
 
 
 def main(args=None):
-    spin_node(ImageMonitorNode, args)
+    return run_node(ImageMonitorNode, args)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

@@ -43,6 +43,21 @@ def _get(obj, path: str) -> float:
     return float(obj)
 
 
+TWIST_FIELDS = tuple(f'{part}.{axis}' for part in ('linear', 'angular') for axis in 'xyz')
+
+
+def check_action_fields(fields: Sequence[str], action_dim: int) -> list:
+    """The node's ``action_fields`` parameter, refused unless it fits a Twist and the model."""
+    fields = list(fields)
+    bad = [f for f in fields if f not in TWIST_FIELDS]
+    if bad:
+        raise ValueError(f'action_fields {bad} are not Twist fields ({", ".join(TWIST_FIELDS)})')
+    if len(fields) != action_dim:
+        raise ValueError(f'action_fields {fields} do not match the model action_dim '
+                         f'{action_dim}')
+    return fields
+
+
 def action_from_cmd(msg, fields: Sequence[str]) -> np.ndarray:
     """Twist or TwistStamped -> the action vector made of ``fields`` (e.g. linear.x, linear.y)."""
     twist = msg.twist if isinstance(msg, TwistStamped) else msg

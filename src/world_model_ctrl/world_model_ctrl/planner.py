@@ -3,26 +3,26 @@
 trigger=timer  plans from the latest belief at ``rate_hz`` (a real robot, realtime sim).
 trigger=belief plans once per new belief (lockstep sim: each command advances the world).
 Either way a fixed-rate watchdog publishes zero when the belief is older than
-``belief_timeout`` or a stop request is active, and zero is published on shutdown.
+``belief_timeout``, a stop request is active, or (``require_monitor``) the image monitor has
+been silent for ``monitor_timeout``. Every command passes one gate (``publish``): non-finite ->
+zero with a warning, out of bounds -> clipped, and nothing after the final zero on shutdown.
 """
-import signal
 import threading
 import time
 
 import numpy as np
-import rclpy
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, Header
 
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
-from world_model_ctrl.messages import belief_from_msg, cmd_from_action
+from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_from_action
 from world_model_ctrl.paths import resolve_checkpoint
+from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel
 
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
@@ -46,27 +46,34 @@ class PlannerNode(Node):
         self.declare_parameter('max_speed', 0.5)
         self.declare_parameter('seed', 0)
         self.declare_parameter('threads', 1)
+        # With the image monitor on: its planner/stop heartbeat must keep coming, or hold zero.
+        self.declare_parameter('require_monitor', False)
+        self.declare_parameter('monitor_timeout', 2.0)
         # Score candidates on the transition's mean path (particles carry the belief's
         # uncertainty) or on sampled transitions (PlaNet).
         self.declare_parameter('sample_transitions', False)
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
-        torch.set_num_threads(max(1, p('threads').value))
         self.trigger = p('trigger').value
         if self.trigger not in ('timer', 'belief'):
             raise ValueError(f"trigger must be 'timer' or 'belief', got {self.trigger!r}")
+        for name in ('rate_hz', 'belief_timeout', 'max_speed', 'monitor_timeout'):
+            require_positive(name, p(name).value)
+        torch.set_num_threads(max(1, p('threads').value))
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
-        self.fields = list(p('action_fields').value)
+        self.fields = check_action_fields(p('action_fields').value, self.model.config.action_dim)
         self.stamped = p('cmd_vel_stamped').value
         vmax = float(p('max_speed').value)
+        self.low, self.high = np.full(len(self.fields), -vmax), np.full(len(self.fields), vmax)
         cfg = CEMConfig(**{k: p(k).value for k in CEM_PARAMS}, device=str(self.device),
-                        action_low=(-vmax,) * len(self.fields),
-                        action_high=(vmax,) * len(self.fields))
+                        action_low=tuple(self.low), action_high=tuple(self.high))
         self.cem = CEMPlanner(cfg, generator=torch.Generator().manual_seed(p('seed').value))
         self.timeout = p('belief_timeout').value
+        self.require_monitor = bool(p('require_monitor').value)
+        self.monitor_timeout = p('monitor_timeout').value
         sample = bool(p('sample_transitions').value)
         self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
         # One plan now, so the first real one is not slowed by torch's lazy set-up.
@@ -77,7 +84,10 @@ class PlannerNode(Node):
         self.belief = None                  # (mean, std, header, receive time)
         self.new_belief = False
         self.stop_requested = False
+        self.monitor_seen = None            # monotonic time of the last planner/stop message
         self.lock = threading.Lock()
+        self.pub_lock = threading.Lock()    # the gate: one command at a time, none after close
+        self.closed = False
 
         self.pub = self.create_publisher(TwistStamped if self.stamped else Twist, 'cmd_vel', 10)
         self.pub_ms = self.create_publisher(Float32, 'planner/plan_ms', 10)
@@ -94,7 +104,22 @@ class PlannerNode(Node):
 
     # -- inputs ----------------------------------------------------------------------------
     def on_belief(self, msg):
-        mean, std = belief_from_msg(msg)
+        try:
+            mean, std = belief_from_msg(msg)
+        except ValueError as e:
+            self.get_logger().warning(f'dropping belief message: {e}', throttle_duration_sec=5.0)
+            return
+        if mean.shape != (self.model.config.latent_dim,):
+            self.get_logger().warning(f'dropping belief of size {mean.size}: the model has '
+                                   f'{self.model.config.latent_dim} latents',
+                                   throttle_duration_sec=5.0)
+            return
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
+            self.get_logger().warning('non-finite belief: holding zero', throttle_duration_sec=5.0)
+            with self.lock:
+                self.belief = None          # stale from now on: the watchdog holds zero
+            self.publish(np.zeros(len(self.fields)), msg.header)
+            return
         with self.lock:
             self.belief = (mean, std, msg.header, time.monotonic())
             self.new_belief = True
@@ -103,8 +128,11 @@ class PlannerNode(Node):
 
     def on_stop(self, msg):
         if msg.data != self.stop_requested:
-            self.get_logger().warn('stop requested: holding zero' if msg.data else 'resuming')
+            self.get_logger().warning('stop requested: holding zero' if msg.data else 'resuming')
         self.stop_requested = msg.data
+        if self.require_monitor and self.monitor_seen is None:
+            self.get_logger().info('image monitor is up')
+        self.monitor_seen = time.monotonic()
 
     def on_reset(self, msg):
         self.cem.reset()
@@ -113,8 +141,19 @@ class PlannerNode(Node):
     def stale(self) -> bool:
         return self.belief is None or time.monotonic() - self.belief[3] > self.timeout
 
+    def must_hold(self) -> bool:
+        """Zero regardless of the belief: a stop request, or a required monitor fell silent."""
+        if self.stop_requested:
+            return True
+        if self.require_monitor and (self.monitor_seen is None or
+                                     time.monotonic() - self.monitor_seen > self.monitor_timeout):
+            self.get_logger().warning(f'image monitor silent for over {self.monitor_timeout} s: '
+                                   'holding zero until it is back', throttle_duration_sec=5.0)
+            return True
+        return False
+
     def on_timer(self):
-        if self.stop_requested or self.stale():
+        if self.must_hold() or self.stale():
             if self.belief is not None:
                 self.cem.reset()
             self.publish(np.zeros(len(self.fields)))
@@ -127,48 +166,50 @@ class PlannerNode(Node):
                 return
             mean, std, header, _ = self.belief
             self.new_belief = False
-        if self.stop_requested:
+        if self.must_hold():
             self.publish(np.zeros(len(self.fields)), header)
             return
         t0 = time.perf_counter()
         with torch.no_grad():
             res = self.cem.plan(self.rollout, torch.from_numpy(mean),
                                 torch.from_numpy(std))
-        self.publish(res.action.cpu().numpy(), header)
+        action = res.action.cpu().numpy()
+        if not np.all(np.isfinite(action)):
+            self.cem.reset()                # never warm-start from a non-finite plan
+        self.publish(action, header)
         self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
         self.pub_ret.publish(Float32(data=float(res.predicted_return)))
 
-    def publish(self, action, header=None):
+    def publish(self, action, header=None, final=False):
+        """The only way to cmd_vel: finite and within bounds, and nothing after the final zero
+        (a plan still running in an executor thread when the node stops is dropped here)."""
+        action = np.asarray(action, np.float64).reshape(-1)
+        if action.shape != self.low.shape or not np.all(np.isfinite(action)):
+            self.get_logger().warning(f'non-finite or malformed command {action}: publishing zero',
+                                   throttle_duration_sec=5.0)
+            action = np.zeros_like(self.low)
+        action = np.clip(action, self.low, self.high)
         if header is None:
             header = Header(stamp=self.get_clock().now().to_msg())
-        self.pub.publish(cmd_from_action(action, self.fields, self.stamped, header))
+        with self.pub_lock:
+            if self.closed:
+                return
+            self.closed = final
+            self.pub.publish(cmd_from_action(action, self.fields, self.stamped, header))
 
     def stop_robot(self):
-        """Zero command, e.g. on shutdown; a few times so a lossy link still gets one."""
-        for _ in range(3):
+        """The final zero, on shutdown; waits until subscribers acknowledged it."""
+        for _ in range(2):                  # a lossy (best-effort) link still gets one
             self.publish(np.zeros(len(self.fields)))
-            time.sleep(0.01)
+        self.publish(np.zeros(len(self.fields)), final=True)
+        self.pub.wait_for_all_acked(Duration(seconds=1.0))
+        self.get_logger().info('stopped: published zero velocity')
 
 
 def main(args=None):
-    # Own the signals: rclpy's default handler would shut the context before the final zero.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = PlannerNode()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        node.stop_robot()
-        node.get_logger().info('stopped: published zero velocity')
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    # Two executor threads: planning runs in its own callback group beside the inputs.
+    return run_node(PlannerNode, args, threads=2, on_stop=PlannerNode.stop_robot)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

@@ -63,7 +63,8 @@ class NodeGroup:
     def check_alive(self) -> None:
         for spec, proc in self.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f'node {spec.module} exited early with code {proc.returncode}')
+                raise RuntimeError(f'node {spec.name or spec.module} exited early with code '
+                                   f'{proc.returncode}')
 
     @staticmethod
     def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
@@ -79,10 +80,11 @@ class NodeGroup:
             proc.kill()
         return proc.wait()
 
-    def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
-            self.stop(proc)
+    def stop_all(self) -> dict:
+        """Stop every node, last started first; {name: exit code}."""
+        codes = {spec.name or spec.module: self.stop(proc) for spec, proc in reversed(self.procs)}
         self.procs.clear()
+        return codes
 
     def __enter__(self):
         return self

@@ -1,16 +1,75 @@
-"""The `main` every plain node shares: init, build, spin until Ctrl-C, clean up."""
+"""The `main` every node shares: init, build, spin until SIGINT/SIGTERM, clean up, exit code.
+
+rclpy's own signal handler shuts the context down inside the signal and a second Ctrl-C
+(terminal + launch both send one) raises KeyboardInterrupt wherever the main thread happens to
+be, e.g. inside ``destroy_node()``. Here the signals only set an event: the spin loop ends,
+``on_stop`` runs (the planner's final zero), and the node is torn down with the context still
+valid, however many signals arrive. A node that cannot start (bad parameter, missing or bad
+checkpoint) logs one line and exits with code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Callable, Optional
+
 import rclpy
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+EXIT_BAD_CONFIG = 2
 
 
-def spin_node(node_cls, args=None) -> None:
-    rclpy.init(args=args)
-    node = None
+def run_node(node_cls, args=None, threads: int = 1,
+             on_stop: Optional[Callable] = None) -> int:
+    """Run ``node_cls()`` until SIGINT/SIGTERM; returns the process exit code."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        node = node_cls()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as e:          # e.g. a params file with a YAML syntax error
+        print(f'[ERROR] cannot start: {_one_line(e)}', file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    node = executor = None
+    try:
+        try:
+            node = node_cls()
+        except Exception as e:      # configuration errors: one clear line, no traceback
+            print(f'[ERROR] [{node_cls.__module__}]: cannot start: {_one_line(e)}', file=sys.stderr)
+            return EXIT_BAD_CONFIG
+        executor = (MultiThreadedExecutor(num_threads=threads) if threads > 1
+                    else SingleThreadedExecutor())
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except Exception as e:  # a callback's bug must not take the node (and robot) down
+                node.get_logger().error(f'callback failed: {_one_line(e)}',
+                                        throttle_duration_sec=5.0)
+        if on_stop is not None:
+            on_stop(node)
+        return 0
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(uninstall_handlers=False)   # keep ours: a 2nd signal must not kill
+        # ... nor one during interpreter exit, when Python puts back the default handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def require_positive(name: str, value) -> None:
+    """Start-up check of a parameter that divides or times something."""
+    if not value > 0:
+        raise ValueError(f'parameter {name} must be > 0, got {value}')
+
+
+def _one_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [''])[0]
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return text or type(e).__name__
+    return f'{type(e).__name__}: {text}'
