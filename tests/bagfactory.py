@@ -67,6 +67,27 @@ class SynthBag:
             is_bigendian=0, step=rows.shape[1], data=rows.reshape(-1).copy())
         self.add(log_ns, topic, 'sensor_msgs/msg/Image', msg)
 
+    def raw_image(self, log_ns: int, stamp_ns: int, height: int, width: int, encoding: str,
+                  step: int, data: bytes, topic: str = '/camera/image_raw') -> None:
+        """An Image message exactly as given (for malformed frames)."""
+        msg = self._t('sensor_msgs/msg/Image')(
+            header=self._header(stamp_ns, 'camera'), height=height, width=width,
+            encoding=encoding, is_bigendian=0, step=step,
+            data=np.frombuffer(bytes(data), np.uint8).copy())
+        self.add(log_ns, topic, 'sensor_msgs/msg/Image', msg)
+
+    def malformed(self, log_ns: int, stamp_ns: int, kind: str, size: int = 8) -> None:
+        """A frame image_to_rgb cannot convert: see MALFORMED."""
+        h = w = size
+        args = {'no_encoding': (h, w, '', 3 * w, bytes(3 * w * h)),
+                'unknown_encoding': (h, w, 'rgb9', 3 * w, bytes(3 * w * h)),
+                'short': (h, w, 'rgb8', 3 * w, bytes(3 * w * h // 2)),
+                'empty': (0, 0, 'rgb8', 0, b''),
+                '16UC1': (h, w, '16UC1', 2 * w, bytes(2 * w * h)),
+                '32FC1': (h, w, '32FC1', 4 * w,
+                          np.full(w * h, np.nan, np.float32).tobytes())}[kind]
+        self.raw_image(log_ns, stamp_ns, *args)
+
     def compressed(self, log_ns: int, stamp_ns: int, rgb: np.ndarray, fmt: str = 'png',
                    topic: str = '/camera/image_raw') -> None:
         img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -117,25 +138,32 @@ def frame_stamp(k: int) -> int:
 def episode_bag(path, n: int = 20, storage: str = 'mcap', size: int = 8,
                 drop: Iterable[int] = (), duplicate: Iterable[int] = (),
                 markers: Iterable[int] = (), no_reward: Iterable[int] = (),
-                stamped: bool = False, stamp_of=frame_stamp) -> Path:
+                stamped: bool = False, stamp_of=frame_stamp, reward_at: dict = None,
+                cmd_at: dict = None, malformed: dict = None) -> Path:
     """Frames k = 0..n-1 at 10 Hz showing value k (mod 256); command k = (k, 100 + k) logged
     30 ms after frame k; reward -k logged 2 ms before it (as room_sim does).
 
     ``drop``: frames never published (their commands still are); ``duplicate``: frames re-sent
     10 ms later with the same stamp and value 200; ``markers``: frames that get an episode-start
-    marker; ``no_reward``: frames without a reward; ``stamp_of(k)``: header stamp of frame k.
+    marker; ``no_reward``: frames without a reward; ``stamp_of(k)``: header stamp of frame k;
+    ``reward_at`` {k: value}: reward k replaced (NaN, inf...); ``cmd_at`` {k: value}: linear.x
+    of command k replaced; ``malformed`` {k: kind}: frame k is a ``SynthBag.malformed`` image.
     """
     bag = SynthBag(path, storage)
     drop, duplicate, no_reward = set(drop), set(duplicate), set(no_reward)
+    reward_at, cmd_at, malformed = reward_at or {}, cmd_at or {}, malformed or {}
     for k in range(n):
         t = frame_time(k)
-        if k not in drop:
+        if k in malformed:
+            bag.malformed(t, stamp_of(k), malformed[k], size)
+        elif k not in drop:
             bag.image(t, stamp_of(k), np.full((size, size, 3), k % 256, np.uint8))
-            if k not in no_reward:
-                bag.reward(t - 2_000_000, -float(k))
+        if k not in drop and k not in no_reward:
+            bag.reward(t - 2_000_000, reward_at.get(k, -float(k)))
         if k in duplicate:
             bag.image(t + 10_000_000, stamp_of(k), np.full((size, size, 3), 200, np.uint8))
-        bag.cmd(t + 30_000_000, float(k), 100.0 + k, wz=-float(k), stamped=stamped)
+        bag.cmd(t + 30_000_000, cmd_at.get(k, float(k)), 100.0 + k, wz=-float(k),
+                stamped=stamped)
     for i, k in enumerate(markers):
         bag.marker(frame_time(k) - 5_000_000, stamp_of(k), i + 1)
     return bag.write()

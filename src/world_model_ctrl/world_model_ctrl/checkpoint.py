@@ -1,7 +1,9 @@
 """Self-describing checkpoints: weights + the resolved config + plain-python extras, one file.
 
 Loaded with ``weights_only=True``, so a checkpoint can never run code; that is also why
-config and extra are converted to plain Python (numpy scalars would not load back).
+config and extra are converted to plain Python (numpy scalars would not load back). A tensor
+with NaN/inf values is refused both ways: never written, never loaded (the robot must not be
+driven by a diverged model), with the tensor named.
 """
 from __future__ import annotations
 
@@ -43,6 +45,30 @@ def _plain(obj, where: str):
                     f'(use plain python: numbers, strings, lists, dicts)')
 
 
+def _first_nonfinite(obj, name: str) -> Optional[tuple[str, int]]:
+    """(name, count) of the first float tensor in ``obj`` (nested dicts/lists) with NaN/inf."""
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return name, int(obj.numel() - torch.isfinite(obj).sum())
+        return None
+    items = obj.items() if isinstance(obj, dict) else \
+        enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = _first_nonfinite(v, f'{name}[{k!r}]')
+        if bad:
+            return bad
+    return None
+
+
+def nonfinite_tensor(state_dict: dict, extra: Optional[dict] = None) -> Optional[tuple[str, int]]:
+    """(tensor name, number of NaN/inf values) of the first non-finite tensor, or None."""
+    for k, v in state_dict.items():
+        bad = _first_nonfinite(v, k)
+        if bad:
+            return bad
+    return _first_nonfinite(extra or {}, 'extra')
+
+
 def save_checkpoint(path, kind: str, config: dict, state_dict, extra: Optional[dict] = None
                     ) -> Path:
     """Write {'format_version', 'kind', 'config', 'state_dict', 'extra'} atomically to ``path``."""
@@ -59,6 +85,10 @@ def save_checkpoint(path, kind: str, config: dict, state_dict, extra: Optional[d
         'state_dict': {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         'extra': _plain(extra or {}, 'extra'),
     }
+    bad = nonfinite_tensor(payload['state_dict'], payload['extra'])
+    if bad:     # a diverged model must not replace a good checkpoint
+        raise ValueError(f'refusing to write {path}: tensor {bad[0]!r} has {bad[1]} non-finite '
+                         f'values (NaN/inf)')
     path.parent.mkdir(parents=True, exist_ok=True)
     # tmp file in the same directory so os.replace is an atomic rename: a reader (or a crash)
     # never sees a half-written checkpoint
@@ -95,6 +125,13 @@ def load_checkpoint(path, kind: Optional[str]) -> dict:
                          f'{ckpt["format_version"]!r} (readable: {list(SUPPORTED_VERSIONS)})')
     if kind is not None and ckpt['kind'] != kind:
         raise ValueError(f'{path} holds a {ckpt["kind"]!r} checkpoint, expected {kind!r}')
+    if not isinstance(ckpt['state_dict'], dict):
+        raise ValueError(f'{path}: state_dict is a {type(ckpt["state_dict"]).__name__}, '
+                         f'not a dict of tensors')
+    bad = nonfinite_tensor(ckpt['state_dict'], ckpt['extra'])
+    if bad:
+        raise ValueError(f'{path}: tensor {bad[0]!r} has {bad[1]} non-finite values (NaN/inf); '
+                         f'refusing to load a corrupt checkpoint')
     return ckpt
 
 
@@ -127,13 +164,25 @@ def load_model(model_cls, config_cls, path, kind: str, what: str, device='cpu'):
     return model.to(device).eval()
 
 
-def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict')) -> Path:
-    """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights)."""
+def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict'),
+                      overwrite: bool = False) -> Path:
+    """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights).
+
+    ``dst`` must not exist unless ``overwrite``, and is never ``src`` itself (a failed export
+    would otherwise lose the only copy of the optimizer state).
+    """
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve() or (src.exists() and dst.exists()
+                                          and os.path.samefile(src, dst)):
+        raise ValueError(f'export: {dst} is the source checkpoint {src} itself; write the copy '
+                         f'to another path')
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise FileExistsError(f'export: {dst} exists; pass --force to overwrite it')
     ckpt = load_checkpoint(src, None)
     extra = {k: v for k, v in ckpt['extra'].items() if k not in drop}
     return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)
 
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'load_model', 'export_checkpoint',
-           'check_state_dict',
+           'check_state_dict', 'nonfinite_tensor',
            'FORMAT_VERSION']

@@ -48,6 +48,10 @@ def cmd_bag_info(a) -> int:
         if t.get('image'):
             im = t['image']
             extra = f"  {im.get('width')}x{im.get('height')} {im.get('encoding')}"
+        if t.get('nonfinite'):
+            extra += f"  {t['nonfinite']} NON-FINITE (NaN/inf)"
+        if t.get('malformed'):
+            extra += f"  {t['malformed']} MALFORMED"
         print(f"  {t['name']:<28} {t['type']:<32} {t['count']:>7} msgs "
               f"{t.get('rate_hz') or 0:8.1f} Hz{extra}")
     return 0
@@ -67,7 +71,11 @@ def _overrides(a, train_keys=('steps', 'batch_size', 'seq_len', 'lr', 'device', 
         if not sep or section not in out or not name:
             raise ValueError(f'--set wants section.key=value with section model|data|train, '
                              f'got {item!r}')
-        out[section][name] = yaml.safe_load(value)
+        try:
+            out[section][name] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f'--set {item!r}: the value is not valid YAML: '
+                             f'{getattr(e, "problem", None) or e}') from None
     return out
 
 
@@ -163,7 +171,7 @@ def _eval_summary_lines(s: dict) -> str:
 
 def cmd_export(a) -> int:
     from world_model_ctrl.checkpoint import export_checkpoint
-    path = export_checkpoint(a.src, a.dst)
+    path = export_checkpoint(a.src, a.dst, overwrite=a.force)
     print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB, no optimizer state)',
           file=sys.stderr)
     return 0
@@ -199,7 +207,9 @@ def cmd_up(a) -> int:
     import signal
     import time
 
+    from world_model_ctrl.checkpoint import load_checkpoint
     from world_model_ctrl.graph import control_graph
+    from world_model_ctrl.paths import resolve_checkpoint
     from world_model_ctrl.procs import NodeGroup, ros_env
     args = {'checkpoint': a.checkpoint or 'shipped', 'device': a.device,
             'use_sim': 'false' if a.no_sim else 'true', 'image_topic': a.image_topic,
@@ -207,19 +217,29 @@ def cmd_up(a) -> int:
             'namespace': a.namespace, 'monitor': str(a.monitor).lower(),
             'prior_checkpoint': a.prior_checkpoint or 'shipped'}
     graph = control_graph(args, params_file=a.params)
+    # Refuse a missing, foreign or non-finite checkpoint here, before any node starts.
+    load_checkpoint(resolve_checkpoint(args['checkpoint'], 'ssm.pt'), 'ssm')
+    if a.monitor:
+        load_checkpoint(resolve_checkpoint(args['prior_checkpoint'], 'prior.pt'), 'prior')
+    # Ctrl-C in a terminal reaches every node of the process group as well; either way the
+    # nodes are stopped planner first (its last message is the final zero).
     stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    with NodeGroup(ros_env()) as group:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    group = NodeGroup(ros_env())
+    try:
         for pkg, exe, spec in graph:
             print(f'starting {pkg}/{exe}', file=sys.stderr)
             group.start(spec)
-        try:
-            while not stop:
-                group.check_alive()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-    return 0
+        while not stop:
+            group.check_alive()
+            time.sleep(0.2)
+    finally:
+        codes = group.stop_all()
+    failed = {name: rc for name, rc in codes.items() if rc != 0}
+    if failed:
+        print(f'wmc up: nodes exited with errors: {failed}', file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_train_args(p, default_out: str):
@@ -310,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('export', help='copy a checkpoint without optimizer state (to ship)')
     p.add_argument('src')
     p.add_argument('dst')
+    p.add_argument('--force', action='store_true', help='overwrite an existing DST')
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('eval', help='closed-loop episodes over ROS vs oracle and random')

@@ -1,6 +1,7 @@
 """One rule for every dataclass config: built from plain dicts, unknown keys are an error."""
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 # YAML 1.1 (PyYAML) reads `4e-4` as a string and `1` as an int: numbers are coerced to the
@@ -30,3 +31,12 @@ def from_dict(cls, d: dict, what: str):
     if unknown:
         raise ValueError(f'unknown {what}: {sorted(unknown)}')
     return cls(**{k: _coerce(k, types[k], v, what) for k, v in d.items()})
+
+
+def check_positive(cfg, section: str, *names: str) -> None:
+    """ValueError unless each named field is a finite number > 0 (e.g. a learning rate)."""
+    for name in names:
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                or v <= 0:
+            raise ValueError(f'{section}.{name} must be a finite number > 0, got {v!r}')

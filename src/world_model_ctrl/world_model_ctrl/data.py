@@ -26,6 +26,10 @@ Alignment rules (all pairing is done in bag *log time*, the recorder's receive c
   Header stamps are only compared with header stamps (in simulation they are sim time). If a
   driver leaves them constant (over half the frames repeat the previous stamp), stamp rules are
   skipped and gaps are found in log time alone.
+* Bad data never enters an episode: a frame whose reward or whose command a_{t-1} is NaN/inf,
+  and a frame ``image_to_rgb`` cannot convert (unknown or empty encoding, too little data, 0x0,
+  depth/float images), is dropped like a frame without reward (its episode ends there). Such
+  messages are counted per bag and topic and logged as a warning (docs/data.md, "Bad data").
 * Episodes shorter than ``min_length`` (default 2) frames are dropped.
 
 Images of any ``sensor_msgs/Image`` encoding (rgb8, bgr8, mono8, rgba8, 16-bit, ...) or
@@ -43,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -67,7 +72,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
-CACHE_VERSION = 1
+CACHE_VERSION = 2                # 2: frames with bad data are dropped, not cached or fatal
 PROGRESS_MIN_MESSAGES = 5000     # show a progress bar only for reads at least this long
 
 
@@ -151,6 +156,12 @@ class Episode:
         if self.actions.ndim != 2 or (len(self.actions), len(self.rewards),
                                       len(self.stamps)) != (t, t, t):
             raise ValueError('images, actions (T, A), rewards and stamps must have the same T')
+        for name in ('actions', 'rewards'):
+            arr = getattr(self, name)
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise ValueError(f'{self.source or "episode"}: {name} has {bad} non-finite '
+                                 f'values (bad data must never enter an episode)')
 
     def __len__(self) -> int:
         return len(self.images)
@@ -158,38 +169,83 @@ class Episode:
 
 # --- images ----------------------------------------------------------------------------------
 
+# Encodings a camera frame may have: rosbags-image turns these into rgb8. Generic matrix types
+# (8UC3, 16UC1, 32FC1, ...) are depth maps or raw data, not camera colour.
+_GENERIC_ENCODING = re.compile(r'^\d+(U|S|F)C\d*$')
+MAX_IMAGE_BYTES = 256 * 2**20        # 8K RGB16 is 200 MB; beyond this a header is corrupt
+
+
+def _image_layout(msg) -> tuple[int, int]:
+    """(packed row bytes, step) of a raw Image, or ValueError naming what is wrong with it."""
+    enc = msg.encoding
+    if not enc:
+        raise ValueError('empty encoding')
+    if _GENERIC_ENCODING.match(enc):
+        raise ValueError(f'encoding {enc!r} is not a camera image (depth or raw data); '
+                         'expected rgb8, bgr8, mono8, rgba8, yuv422, bayer_* ...')
+    try:
+        _, _, typestr, nchan = to_cvtype(enc)
+    except Exception:                   # rosbags raises its own error types here
+        raise ValueError(f'unknown encoding {enc!r}') from None
+    if msg.height <= 0 or msg.width <= 0:
+        raise ValueError(f'empty image ({msg.width}x{msg.height})')
+    row = msg.width * nchan * np.dtype(typestr).itemsize
+    step = msg.step or row
+    if step < row:
+        raise ValueError(f'image step {msg.step} < {msg.width} px x {nchan} channels')
+    if step * msg.height > MAX_IMAGE_BYTES:
+        raise ValueError(f'image of {msg.width}x{msg.height} (step {step}) is implausibly large')
+    have, need = len(msg.data), step * (msg.height - 1) + row
+    if have < need:
+        raise ValueError(f'image data has {have} bytes, {need} expected for {msg.width}x'
+                         f'{msg.height} {enc} with step {step}')
+    return row, step
+
+
 def _without_row_padding(msg):
     """Image with ``step`` > width * pixel bytes (row padding) as a packed image."""
-    _, _, typestr, nchan = to_cvtype(msg.encoding)
-    row = msg.width * nchan * np.dtype(typestr).itemsize
-    if msg.step in (0, row):
+    row, step = _image_layout(msg)
+    if step == row and len(msg.data) == row * msg.height:
         return msg
-    if msg.step < row:
-        raise ValueError(f'image step {msg.step} < {msg.width} px x {nchan} channels')
     data = np.frombuffer(msg.data, np.uint8)
-    if data.size < msg.height * msg.step:
-        raise ValueError(f'image data has {data.size} bytes, {msg.height * msg.step} expected')
-    data = data[:msg.height * msg.step].reshape(msg.height, msg.step)[:, :row]
+    if step == row:
+        data = data[:row * msg.height]
+    else:
+        data = np.lib.stride_tricks.as_strided(data, (msg.height, row), (step, 1))
     return SimpleNamespace(height=msg.height, width=msg.width, encoding=msg.encoding,
                            is_bigendian=msg.is_bigendian, step=row,
                            data=np.ascontiguousarray(data).reshape(-1))
 
 
 def image_to_rgb(msg, image_size: Optional[int] = None) -> np.ndarray:
-    """Image or CompressedImage message (rosbags or rclpy) -> (S, S, 3) uint8 RGB."""
-    if hasattr(msg, 'format'):                          # CompressedImage
-        try:
+    """Image or CompressedImage message (rosbags or rclpy) -> (S, S, 3) uint8 RGB.
+
+    Raises ValueError naming the problem for anything that is not a usable camera frame
+    (empty or unknown encoding, depth/float data, 0x0, data shorter than step x height,
+    undecodable compressed bytes): callers drop such a frame, they never die of it.
+    """
+    try:
+        if hasattr(msg, 'format'):                      # CompressedImage
+            if len(msg.data) == 0:
+                raise ValueError(f'empty compressed image (format {msg.format!r})')
             img = compressed_image_to_cvimage(msg)      # as OpenCV decodes it: BGR(A) or gray
-        except AssertionError:                          # rosbags asserts on undecodable data
-            raise ValueError(f'cannot decode compressed image (format {msg.format!r})') from None
-        if img.ndim == 2:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+            if img is None or img.size == 0:
+                raise ValueError(f'cannot decode compressed image (format {msg.format!r})')
+            if img.ndim == 2:
+                img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+            elif img.shape[2] == 4:
+                img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+            else:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         else:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        img = message_to_cvimage(_without_row_padding(msg), 'rgb8')
+            img = message_to_cvimage(_without_row_padding(msg), 'rgb8')
+    except ValueError:
+        raise
+    except Exception as e:          # rosbags-image and OpenCV raise their own types
+        what = f'format {msg.format!r}' if hasattr(msg, 'format') else \
+            f'encoding {msg.encoding!r}'
+        raise ValueError(f'cannot convert image ({what}): {type(e).__name__}: '
+                         f'{str(e).splitlines()[0] if str(e) else ""}') from None
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f'encoding {getattr(msg, "encoding", "?")!r} did not convert to rgb8')
     if image_size and img.shape[:2] != (image_size, image_size):
@@ -252,21 +308,43 @@ def _bag_location(path: Path) -> Path:
 
 
 class _Bag:
-    """Open AnyReader on a bag; every reading error becomes a BagError that names the bag."""
+    """Open AnyReader on a bag; every reading error becomes a BagError that names the bag.
+
+    A bag whose recording was killed in the middle of a write (an mcap cut off, a sqlite3
+    database with a hot journal) is read up to its last complete chunk/commit, with a warning.
+    """
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
         self.reader = None
+        self.recovered = None
 
     def __enter__(self) -> AnyReader:
+        from world_model_ctrl.bag_writer import open_killed
         loc = _bag_location(self.path)
+        typestore = get_typestore(Stores.ROS2_HUMBLE)
         try:
-            self.reader = AnyReader([loc], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+            self.reader = AnyReader([loc], default_typestore=typestore)
             self.reader.open()
         except Exception as err:
             self.reader = None
-            raise _bag_error(self.path, err) from err
+            try:
+                self.recovered = open_killed(loc)
+                if self.recovered is None:
+                    raise _bag_error(self.path, err) from err
+                self.reader = AnyReader([self.recovered.path], default_typestore=typestore)
+                self.reader.open()
+            except Exception:
+                self.reader = None
+                self._drop_recovered()
+                raise _bag_error(self.path, err) from err
+            log.warning('%s: %s', self.path, self.recovered.note)
         return self.reader
+
+    def _drop_recovered(self):
+        if self.recovered is not None:
+            self.recovered.close()
+            self.recovered = None
 
     def __exit__(self, exc_type, exc, tb):
         if self.reader is not None:
@@ -274,6 +352,7 @@ class _Bag:
                 self.reader.close()
             except Exception:       # closing a half-broken reader must not hide the real error
                 pass
+        self._drop_recovered()
         if exc is not None and not isinstance(exc, BagError) and isinstance(exc, Exception):
             raise _bag_error(self.path, exc) from exc
         return False
@@ -312,11 +391,27 @@ class _Streams:
     rew_log: np.ndarray
     rew: np.ndarray
     markers: np.ndarray
+    img_ok: np.ndarray = None       # False for frames image_to_rgb could not convert
+    faults: dict = None             # bad messages per topic: see _read_streams
+
+
+def _topic_faults(cfg: DataConfig) -> dict:
+    return {cfg.image_topic: {'malformed': 0, 'reasons': {}},
+            cfg.reward_topic: {'nonfinite': 0}, cfg.cmd_topic: {'nonfinite': 0}}
 
 
 def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Streams:
-    img_log, img_stamp = [], []
+    """Every frame, reward, command and marker of one bag.
+
+    Bad messages do not abort the bag: a frame that cannot be converted is kept as a black
+    placeholder with ``img_ok`` False; NaN/inf rewards and commands are kept as they are (the
+    frames paired with them are dropped in _episodes_from_streams). ``faults`` counts them:
+    {image_topic: {'malformed': n, 'reasons': {reason: n}}, reward_topic: {'nonfinite': n},
+    cmd_topic: {'nonfinite': n}}.
+    """
+    img_log, img_stamp, img_ok = [], [], []
     cmd_log, cmd, rew_log, rew, markers = [], [], [], [], []
+    faults = _topic_faults(cfg)
     with _Bag(path) as reader:
         topics = _topic_conns(reader)
         needed = (cfg.image_topic, cfg.reward_topic, cfg.cmd_topic)
@@ -344,9 +439,14 @@ def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Str
                     images = np.concatenate([images, np.empty_like(images)])
                 try:
                     images[len(img_log)] = image_to_rgb(msg, size)
-                except Exception as err:
-                    raise BagError(f'{path}: image on {conn.topic} at log time {t} ns: '
-                                   f'{err}') from err
+                    img_ok.append(True)
+                except Exception as err:    # one bad frame must not cost the whole bag
+                    images[len(img_log)] = 0
+                    img_ok.append(False)
+                    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    bad = faults[conn.topic]
+                    bad['malformed'] += 1
+                    bad['reasons'][text] = bad['reasons'].get(text, 0) + 1
                 img_log.append(t)
                 img_stamp.append(_stamp_ns(msg.header.stamp))
             elif conn.topic == cfg.reward_topic:
@@ -372,12 +472,18 @@ def _read_streams(path: Path, cfg: DataConfig, progress: Optional[bool]) -> _Str
         order = np.argsort(t, kind='stable')
         return [t[order]] + [a[order] for a in arrays]
 
-    img_log, img_stamp, images = by_time(img_log, np.asarray(img_stamp, np.int64),
-                                         images[:len(img_log)])
-    cmd_log, cmd = by_time(cmd_log, np.asarray(cmd, np.float32).reshape(len(cmd_log), -1))
-    rew_log, rew = by_time(rew_log, np.asarray(rew, np.float32))
+    img_log, img_stamp, images, img_ok = by_time(img_log, np.asarray(img_stamp, np.int64),
+                                                 images[:len(img_log)], np.asarray(img_ok, bool))
+    # float64 -> float32 can overflow to inf: count after the cast, as training will see it
+    cmd = np.asarray(cmd, np.float64).reshape(len(cmd_log), -1)
+    with np.errstate(over='ignore'):
+        cmd32, rew32 = cmd.astype(np.float32), np.asarray(rew, np.float64).astype(np.float32)
+    faults[cfg.cmd_topic]['nonfinite'] = int(np.sum(~np.isfinite(cmd32).all(axis=1)))
+    faults[cfg.reward_topic]['nonfinite'] = int(np.sum(~np.isfinite(rew32)))
+    cmd_log, cmd = by_time(cmd_log, cmd32)
+    rew_log, rew = by_time(rew_log, rew32)
     return _Streams(img_log, img_stamp, images, cmd_log, cmd, rew_log, rew,
-                    np.unique(np.asarray(markers, np.int64)))
+                    np.unique(np.asarray(markers, np.int64)), img_ok, faults)
 
 
 # --- alignment -------------------------------------------------------------------------------
@@ -439,7 +545,8 @@ def _nearest(times: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return j, np.abs(times[j] - query)
 
 
-def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str) -> list[Episode]:
+def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str,
+                           report: Optional[dict] = None) -> list[Episode]:
     n = len(st.img_log)
     # r_t: the reward logged at/before the frame, or the nearest one (module docstring)
     if cfg.reward_match == 'nearest':
@@ -463,8 +570,13 @@ def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str) -> list[E
     if not stamps_usable(st.img_stamp):
         warnings.warn(f'{source}: header stamps on {cfg.image_topic} do not change; ignoring '
                       'them (no duplicate, marker or backwards-stamp rules)', stacklevel=3)
+    # bad data is dropped like a frame without reward: it never enters an episode or a window
+    bad_reward = has_reward & ~np.isfinite(rewards)
+    bad_cmd = ~np.isfinite(actions).all(axis=1)
+    bad_image = ~st.img_ok if st.img_ok is not None else np.zeros(n, bool)
+    valid = has_reward & ~bad_reward & ~bad_cmd & ~bad_image
     labels = segment_frames(st.img_log, st.img_stamp, st.markers, cfg.gap_factor, cfg.max_gap,
-                            valid=has_reward)
+                            valid=valid)
     episodes = []
     kept = np.flatnonzero(labels >= 0)
     images = st.images if len(kept) == n else st.images[kept]   # episodes are views of this
@@ -483,15 +595,43 @@ def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str) -> list[E
              'reward, %d in episodes shorter than %d)', source, n, len(episodes),
              sum(len(x) for x in episodes), dropped_dup, int(np.sum(~has_reward)),
              int(np.sum(labels >= 0)) - sum(len(x) for x in episodes), cfg.min_length)
+    faults = st.faults or _topic_faults(cfg)
+    dropped = {'nonfinite_reward': int(bad_reward.sum()), 'nonfinite_command': int(bad_cmd.sum()),
+               'malformed_image': int(bad_image.sum())}
+    _warn_bad_data(source, faults, dropped)
+    if report is not None:
+        report.update({'topics': faults, 'frames_dropped': dropped})
     return episodes
 
 
+def _warn_bad_data(source: str, faults: dict, dropped: dict) -> None:
+    """One logging warning per bag with bad messages, counted by topic."""
+    parts = []
+    for topic, f in faults.items():
+        if f.get('nonfinite'):
+            parts.append(f"{topic}: {f['nonfinite']} non-finite (NaN/inf) message(s)")
+        if f.get('malformed'):
+            why = ', '.join(f'"{r}" x{c}' for r, c in list(f['reasons'].items())[:5])
+            parts.append(f"{topic}: {f['malformed']} malformed frame(s) ({why})")
+    if parts:
+        log.warning('%s: bad data: %s; frames dropped (never in an episode): %d with a '
+                    'non-finite reward, %d with a non-finite command, %d malformed images',
+                    source, '; '.join(parts), dropped['nonfinite_reward'],
+                    dropped['nonfinite_command'], dropped['malformed_image'])
+
+
 def bag_to_episodes(path: PathLike, cfg: Optional[DataConfig] = None,
-                    progress: Optional[bool] = None) -> list[Episode]:
-    """Read one bag into aligned episodes (rules in the module docstring); raises BagError."""
+                    progress: Optional[bool] = None, report: Optional[dict] = None
+                    ) -> list[Episode]:
+    """Read one bag into aligned episodes (rules in the module docstring); raises BagError.
+
+    ``report``, if given, is filled with the bad data found: {'topics': {topic: {'nonfinite':
+    n} or {'malformed': n, 'reasons': {reason: n}}}, 'frames_dropped': {'nonfinite_reward',
+    'nonfinite_command', 'malformed_image'}}.
+    """
     cfg = cfg or DataConfig()
     path = Path(path)
-    return _episodes_from_streams(_read_streams(path, cfg, progress), cfg, str(path))
+    return _episodes_from_streams(_read_streams(path, cfg, progress), cfg, str(path), report)
 
 
 def _as_paths(paths) -> list[Path]:
@@ -500,13 +640,24 @@ def _as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
+def _has_bad_data(report: dict) -> bool:
+    return any(f.get('nonfinite') or f.get('malformed') for f in report['topics'].values())
+
+
 def _iter_bags(paths: list[Path], cfg: DataConfig, strict: bool,
-               progress: Optional[bool] = None) -> Iterator[tuple[Path, list[Episode]]]:
-    """Episodes bag by bag; a broken bag is skipped with a warning unless it is all we have."""
+               progress: Optional[bool] = None, bad_data: Optional[dict] = None
+               ) -> Iterator[tuple[Path, list[Episode]]]:
+    """Episodes bag by bag; a broken bag is skipped with a warning unless it is all we have.
+
+    ``bad_data``, if given, gets {bag path: report} for each bag with bad messages.
+    """
     errors = []
     for p in paths:
+        report: dict = {}
         try:
-            eps = bag_to_episodes(p, cfg, progress)
+            eps = bag_to_episodes(p, cfg, progress, report)
+            if bad_data is not None and _has_bad_data(report):
+                bad_data[str(p)] = report
         except BagError as err:
             if strict or len(paths) == 1:
                 raise
@@ -708,9 +859,11 @@ def build_cache(source: Union[PathLike, Sequence[PathLike], Sequence[Episode]],
             raise BagError('no bags given')
         fps = [_bag_fingerprint(p) if p.exists() else [str(p), 'missing'] for p in paths]
         key = _cache_key(['bags', fps, cfg.content_dict()])
-        batches = ((str(p), eps) for p, eps in _iter_bags(paths, cfg, strict, progress))
+        bad_data: dict = {}     # filled while the batches are read, before meta.json is written
+        batches = ((str(p), eps) for p, eps in _iter_bags(paths, cfg, strict, progress,
+                                                           bad_data))
         frame_shape = (cfg.image_size, cfg.image_size, 3)
-        meta = {'key': key, 'config': cfg.to_dict()}
+        meta = {'key': key, 'config': cfg.to_dict(), 'bad_data': bad_data}
     final = cache_dir / f'episodes-{key}'
     if (final / 'meta.json').exists():
         log.info('reusing dataset cache %s', final)
@@ -781,11 +934,35 @@ def __getattr__(name: str):
 
 # --- summary ---------------------------------------------------------------------------------
 
+# Topic types whose float fields bag_summary checks for NaN/inf (a LaserScan's inf is legal).
+NUMERIC_TYPES = ('std_msgs/msg/Float32', 'std_msgs/msg/Float64', 'geometry_msgs/msg/Twist',
+                 'geometry_msgs/msg/TwistStamped', 'geometry_msgs/msg/Vector3',
+                 'geometry_msgs/msg/Pose', 'geometry_msgs/msg/PoseStamped')
+
+
+def _has_nonfinite(obj) -> bool:
+    """True if any float field of a (nested) rosbags message is NaN or inf as float32 (what
+    the dataset stores: a float64 command of 1e300 becomes inf)."""
+    if isinstance(obj, float):
+        with np.errstate(over='ignore'):
+            return not np.isfinite(np.float32(obj))
+    if isinstance(obj, np.ndarray):
+        with np.errstate(over='ignore'):
+            return obj.dtype.kind == 'f' and not np.isfinite(obj.astype(np.float32)).all()
+    if isinstance(obj, (list, tuple)):
+        return any(_has_nonfinite(x) for x in obj)
+    fields = getattr(obj, '__dataclass_fields__', None)
+    return bool(fields) and any(_has_nonfinite(getattr(obj, f)) for f in fields)
+
+
 def bag_summary(path: PathLike, cfg: Optional[DataConfig] = None,
                 progress: Optional[bool] = None) -> dict:
     """Plain-JSON facts about any bag: topics, counts, rates, image sizes/encodings, episodes.
 
-    Sizes of CompressedImage topics come from decoding their first message only.
+    Bad data per topic: ``nonfinite`` (messages with a NaN/inf field) on NUMERIC_TYPES topics,
+    ``malformed`` (frames image_to_rgb cannot convert) on image topics. Sizes of CompressedImage
+    topics come from decoding their first message only; later ones are only checked for empty
+    data.
     """
     cfg = cfg or DataConfig()
     path = Path(path)
@@ -795,27 +972,39 @@ def bag_summary(path: PathLike, cfg: Optional[DataConfig] = None,
         images: dict[str, dict] = {}
         img_stamps: dict[str, list[int]] = {}
         markers: list[int] = []
+        nonfinite: dict[str, int] = {}
         total = sum(c.msgcount for c in reader.connections)
         for conn, t, raw in _progress(reader.messages(), total, path.name, progress):
             times[conn.topic].append(t)
             if conn.msgtype in IMAGE_TYPES:
                 msg = reader.deserialize(raw, conn.msgtype)
-                info = images.setdefault(conn.topic, {'sizes': {}, 'encodings': {}})
+                info = images.setdefault(conn.topic, {'sizes': {}, 'encodings': {},
+                                                      'malformed': 0})
                 img_stamps.setdefault(conn.topic, []).append(_stamp_ns(msg.header.stamp))
                 compressed = conn.msgtype.endswith('CompressedImage')
                 enc = msg.format if compressed else msg.encoding
                 info['encodings'][enc] = info['encodings'].get(enc, 0) + 1
                 if compressed and info['sizes']:
+                    info['malformed'] += len(msg.data) == 0
                     continue
                 if compressed:
-                    decoded = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
+                    buf = np.frombuffer(msg.data, np.uint8)
+                    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
                     h, w = decoded.shape[:2] if decoded is not None else (0, 0)
+                    info['malformed'] += decoded is None
                 else:
                     h, w = msg.height, msg.width
+                    try:
+                        image_to_rgb(msg)
+                    except Exception:
+                        info['malformed'] += 1
                 size = f'{w}x{h}'
                 info['sizes'][size] = info['sizes'].get(size, 0) + 1
             elif conn.topic == cfg.episode_topic:
                 markers.append(_marker_stamp(reader.deserialize(raw, conn.msgtype)))
+            elif conn.msgtype in NUMERIC_TYPES:
+                nonfinite[conn.topic] = nonfinite.get(conn.topic, 0) + _has_nonfinite(
+                    reader.deserialize(raw, conn.msgtype))
         storage = _storage_id(_bag_location(path))
     all_t = [t for ts in times.values() for t in ts]
     count = len(all_t)
@@ -826,6 +1015,10 @@ def bag_summary(path: PathLike, cfg: Optional[DataConfig] = None,
         span = (ts.max() - ts.min()) / 1e9 if len(ts) >= 2 else 0.0
         entry = {'name': name, 'type': topics[name][0].msgtype, 'count': int(len(ts)),
                  'rate_hz': float((len(ts) - 1) / span) if span > 0 else None}
+        if name in nonfinite:
+            entry['nonfinite'] = int(nonfinite[name])
+        if name in images:
+            entry['malformed'] = int(images[name]['malformed'])
         if name in images:
             info = images[name]
             top_size = max(info['sizes'], key=info['sizes'].get) if info['sizes'] else '0x0'

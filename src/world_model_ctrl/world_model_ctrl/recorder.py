@@ -3,12 +3,17 @@
 Messages are taken serialised (raw) and written untouched. The log time is the publisher's send
 time (``log_time: send``, default; system clock, ns; rosbag2's send_timestamp) or the time the
 middleware received the message (``log_time: receive``, what `ros2 bag record` logs).
-SIGINT or SIGTERM closes the bag cleanly after draining what is already queued.
+SIGINT or SIGTERM closes the bag cleanly after draining what is already queued. Killed outright
+(SIGKILL, a crash), the bag stays readable and loses at most the last ~0.6 s: the writer flushes
+at least every ``flush_period`` s (see ``bag_writer``). A message that cannot be written is
+dropped with a throttled warning and recording goes on; a bag that cannot be written any more
+(disk full) is reported as an error and the node exits with status 1 when stopped.
 
     recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
 """
 import importlib
 import signal
+import sys
 import time
 
 import rclpy
@@ -16,7 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 
-from world_model_ctrl.bag_writer import BagWriter
+from world_model_ctrl.bag_writer import BagWriteError, BagWriter
 
 
 def import_msg(msgtype: str):
@@ -38,8 +43,12 @@ class RecorderNode(Node):
         self.declare_parameter('qos_depth', 1000)
         # Log time: 'send' = the publisher's send time, 'receive' = middleware reception time.
         self.declare_parameter('log_time', 'send')
+        # Seconds between flushes to the OS: the most a kill of this process can lose.
+        self.declare_parameter('flush_period', 0.5)
         p = self.get_parameter
-        self.writer = BagWriter(p('output').value, p('storage').value)
+        self.writer = BagWriter(p('output').value, p('storage').value,
+                                flush_period=p('flush_period').value)
+        self.dropped = 0
         self.qos = QoSProfile(depth=p('qos_depth').value)
         self.types = dict(t.rsplit(':', 1) for t in p('types').value if t)
         self.time_key = {'send': 'source_timestamp', 'receive': 'received_timestamp'}.get(
@@ -48,6 +57,7 @@ class RecorderNode(Node):
             raise ValueError(f"log_time must be 'send' or 'receive', got {p('log_time').value!r}")
         self.pending = [self.resolve_topic_name(t) for t in p('topics').value]
         self.create_timer(0.05, self.subscribe_pending)
+        self.create_timer(0.1, self._flush)      # also when messages stop coming
         self.subscribe_pending()
 
     def subscribe_pending(self):
@@ -58,9 +68,18 @@ class RecorderNode(Node):
             if msgtype is None:
                 still.append(topic)      # not advertised yet: try again on the next tick
                 continue
-            self.writer.add_topic(topic, msgtype)
-            self.create_subscription(import_msg(msgtype), topic, self._callback(topic),
-                                     self.qos, raw=True)
+            try:
+                cls = import_msg(msgtype)
+                self.writer.add_topic(topic, msgtype)
+            except BagWriteError as err:
+                self._write_failed(err)
+                still.append(topic)
+                continue
+            except Exception as err:    # no such type here: record the other topics
+                self.get_logger().error(f'not recording {topic}: type {msgtype}: '
+                                        f'{type(err).__name__}: {err}')
+                continue
+            self.create_subscription(cls, topic, self._callback(topic), self.qos, raw=True)
             self.get_logger().info(f'recording {topic} [{msgtype}]')
         self.pending = still
 
@@ -70,8 +89,27 @@ class RecorderNode(Node):
             # backlog the executor takes topics in its own order. Send times order causally
             # related messages exactly on one machine (a command is sent before the frame it
             # causes); reception at the recorder can lag the sim's by more than a lockstep step.
-            self.writer.write(topic, info[self.time_key] or time.time_ns(), data)
+            try:
+                self.writer.write(topic, info[self.time_key] or time.time_ns(), data)
+            except BagWriteError as err:
+                self.dropped += 1
+                self._write_failed(err)
+            except Exception as err:    # one bad message never stops the recording
+                self.dropped += 1
+                self.get_logger().warning(
+                    f'dropped a message on {topic} ({self.dropped} dropped so far): '
+                    f'{type(err).__name__}: {err}', throttle_duration_sec=5.0)
         return write
+
+    def _flush(self):
+        try:
+            self.writer.flush_if_due()
+        except BagWriteError as err:
+            self._write_failed(err)
+
+    def _write_failed(self, err: BagWriteError):
+        self.get_logger().error(f'{err} ({self.dropped} messages dropped so far)',
+                                throttle_duration_sec=5.0)
 
     @property
     def ready(self) -> bool:
@@ -80,11 +118,17 @@ class RecorderNode(Node):
 
 def main(args=None):
     # Own the signals: rclpy's default handler would shut the context before the bag is closed.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    node = RecorderNode()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = RecorderNode()
+    except Exception as e:      # bad parameter, existing output: one line, no traceback
+        print(f'[ERROR] [recorder]: cannot start: {e}', file=sys.stderr)
+        rclpy.try_shutdown(uninstall_handlers=False)
+        return 2
+    rc = 0
     try:
         while not stop:
             rclpy.spin_once(node, timeout_sec=0.1)
@@ -96,12 +140,25 @@ def main(args=None):
             if sum(node.writer.counts.values()) != last:
                 last, quiet_since = sum(node.writer.counts.values()), time.monotonic()
     finally:
-        node.writer.close()
+        try:
+            node.writer.close()
+        except Exception as err:
+            node.writer.failed = node.writer.failed or err
+            node.get_logger().error(f'cannot close bag {node.writer.path}: '
+                                    f'{type(err).__name__}: {err}')
         total = sum(node.writer.counts.values())
-        node.get_logger().info(f'closed {node.writer.path} with {total} messages')
+        if node.writer.failed is not None:
+            rc = 1
+            node.get_logger().error(f'{node.writer.failed}; {node.dropped} messages dropped')
+        else:
+            node.get_logger().info(f'closed {node.writer.path} with {total} messages'
+                                   + (f' ({node.dropped} dropped)' if node.dropped else ''))
         node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(uninstall_handlers=False)   # a 2nd signal must not kill us ...
+        for sig in (signal.SIGINT, signal.SIGTERM):     # ... nor one during interpreter exit
+            signal.signal(sig, signal.SIG_IGN)
+    return rc
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model_ctrl.configs import from_dict
+from world_model_ctrl.configs import check_positive, from_dict
 from world_model_ctrl.data import DataConfig
 from world_model_ctrl.diffusion import (CHECKPOINT_KIND, EMA, DiffusionConfig, PriorModel,
                                         calibrate_threshold)
 from world_model_ctrl.eval_prior import map_batches, spread
 from world_model_ctrl.ssm import images_to_tensor
-from world_model_ctrl.training import (autocast, episode_split, layered_config,
-                                       load_for_resume, setup_run, summary_writer, wrap_ddp)
+from world_model_ctrl.training import (autocast, check_finite_step, episode_split,
+                                       layered_config, load_for_resume, setup_run,
+                                       summary_writer, wrap_ddp)
 from world_model_ctrl.validity import validity_fraction
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,18 @@ class TrainPriorConfig:
     max_minutes: float = 0.0    # also stop (evaluate, calibrate, save) after this long; 0 = off
 
     def __post_init__(self):
-        for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every'):
+        for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every',
+                     'samples'):
             if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+                raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('warmup', 'threads', 'val_frames', 'calib_frames'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        check_positive(self, 'train', 'lr', 'grad_clip')
         if self.max_minutes < 0:
-            raise ValueError(f'max_minutes must be >= 0, got {self.max_minutes}')
+            raise ValueError(f'train.max_minutes must be >= 0, got {self.max_minutes}')
         if not 0.0 < self.ood_quantile < 1.0:
-            raise ValueError(f'ood_quantile must be in (0, 1), got {self.ood_quantile}')
+            raise ValueError(f'train.ood_quantile must be in (0, 1), got {self.ood_quantile}')
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainPriorConfig':
@@ -135,6 +141,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     model = PriorModel(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     step = 0
+    saved_step = None           # the step of the last good checkpoint (kept if training fails)
     ckpt = None
     if resume:
         ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict())
@@ -143,6 +150,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         if 'optimizer' in extra:
             opt.load_state_dict(extra['optimizer'])
         step = int(extra.get('step', 0))
+        saved_step = step
         rng = np.random.default_rng([tcfg.seed * 1000 + rank, step])   # fresh frames after resume
         log.info('resumed %s at step %d', out, step)
     ema = EMA(model, mcfg.ema_decay, updates=step)
@@ -154,6 +162,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     val_subset = spread(val_idx, tcfg.val_frames)
 
     def save(metrics: dict, ood: Optional[dict] = None):
+        nonlocal saved_step
+        saved_step = step
         if rank != 0:
             return
         ema.model.save(out, extra={
@@ -212,6 +222,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         opt.zero_grad(set_to_none=True)
         terms['loss'].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        check_finite_step(terms['loss'], gnorm, step + 1, out, saved_step, world)
         opt.step()
         ema.update(model)
         step += 1

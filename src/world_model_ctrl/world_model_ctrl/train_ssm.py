@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model_ctrl.configs import from_dict
+from world_model_ctrl.configs import check_positive, from_dict
 from world_model_ctrl.data import DataConfig, SequenceDataset
 from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
-from world_model_ctrl.training import (autocast, episode_split, layered_config,
-                                       load_for_resume, setup_run, summary_writer, wrap_ddp)
+from world_model_ctrl.training import (autocast, check_finite_step, episode_split,
+                                       layered_config, load_for_resume, setup_run,
+                                       summary_writer, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,16 @@ class TrainConfig:
     bf16: bool = True           # bf16 autocast on CUDA (ignored on CPU)
     threads: int = 0            # torch CPU threads (0 = torch's default)
     num_workers: int = 0        # DataLoader workers
+
+    def __post_init__(self):
+        for name in ('steps', 'batch_size', 'seq_len', 'log_every', 'eval_every', 'ckpt_every',
+                     'val_windows'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('warmup', 'threads', 'num_workers'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        check_positive(self, 'train', 'lr', 'grad_clip')
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig':
@@ -119,6 +130,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     model = WorldModel(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=1e-5)
     step = 0
+    saved_step = None           # the step of the last good checkpoint (kept if training fails)
     if resume:
         ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict())
         model.load_state_dict(ckpt['state_dict'])
@@ -126,12 +138,15 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         if 'optimizer' in extra:
             opt.load_state_dict(extra['optimizer'])
         step = int(extra.get('step', 0))
+        saved_step = step
         log.info('resumed %s at step %d', out, step)
     net = wrap_ddp(_ELBO(model), world, device)
     writer = summary_writer(rank, log_dir, out)
     amp = autocast(device, tcfg.bf16)
 
     def save(metrics: dict):
+        nonlocal saved_step
+        saved_step = step
         if rank != 0:
             return
         model.save(out, extra={
@@ -177,6 +192,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         opt.zero_grad(set_to_none=True)
         terms['loss'].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        check_finite_step(terms['loss'], gnorm, step + 1, out, saved_step, world)
         opt.step()
         step += 1
         seqs += images.shape[0] * world

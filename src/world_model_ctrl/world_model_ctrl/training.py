@@ -15,8 +15,15 @@ from world_model_ctrl.data import DataConfig, build_cache, split_episodes
 
 
 def load_yaml(path) -> dict:
+    """A --config overlay; a YAML syntax error is a ValueError naming the file and line."""
     with open(path) as f:
-        d = yaml.safe_load(f) or {}
+        try:
+            d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+            what = getattr(e, 'problem', None) or str(e).splitlines()[0]
+            raise ValueError(f'{path}: YAML syntax error{where}: {what}') from None
     if not isinstance(d, dict):
         raise ValueError(f'{path}: expected a mapping with model/data/train sections')
     return d
@@ -96,6 +103,37 @@ def load_for_resume(out: Path, kind: str, model_config: dict) -> dict:
         raise ValueError(f'--resume: {out} was trained with another model config '
                          f'(checkpoint vs now): {diff}')
     return ckpt
+
+
+def check_finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, out: Path,
+                      saved_step: Optional[int], world: int = 1) -> None:
+    """Stop training at the first non-finite loss or gradient norm, before the optimiser step.
+
+    ``step`` is the number of the step being taken (1-based); ``saved_step`` the step of the
+    last checkpoint this run wrote or resumed from (None: none). One host sync per step; under
+    torchrun the ranks agree, so all of them stop together.
+    """
+    values = torch.stack([loss.detach().float().reshape(()),
+                          grad_norm.detach().float().reshape(())])
+    local = torch.isfinite(values)
+    ok = local
+    if world > 1:
+        import torch.distributed as dist
+        flags = local.to(torch.float32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        ok = flags.bool()
+    if bool(ok.all()):
+        return
+    loss_v, gnorm_v = values.tolist()
+    what = (f'loss is non-finite ({loss_v})' if not local[0] else
+            f'gradient norm is non-finite ({gnorm_v}; loss {loss_v:.6g})' if not local[1] else
+            'the loss or gradient norm is non-finite on another rank')
+    kept = (f'the last good checkpoint at {out} (step {saved_step}) is kept'
+            if saved_step is not None else
+            f'no checkpoint was written by this run ({out} is left as it was)' if out.exists()
+            else 'no checkpoint was written')
+    raise RuntimeError(f'{what} at step {step}; training stopped before the update, {kept} '
+                       f'(try a lower train.lr or check the data)')
 
 
 def wrap_ddp(net: torch.nn.Module, world: int, device) -> torch.nn.Module:
