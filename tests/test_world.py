@@ -72,12 +72,15 @@ def test_render_puts_robot_and_goal_pixels_where_they_should_be():
     img = w.reset(start=(0.5, 1.5))        # upper-left quadrant
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     col, row, n_robot = _blob_centre(img, cfg.robot_color)
-    # x=0.5 m -> col 16; y=1.5 m -> row (2-1.5)*32 = 16 (pixel centres at +0.5)
-    assert abs(col + 0.5 - 16) <= 1 and abs(row + 0.5 - 16) <= 1
+    # x=0.5 m -> col 16; y=1.5 m -> row (2-1.5)*32 = 16 (pixel centres at +0.5): the fully
+    # covered pixels lie symmetrically about it
+    assert col + 0.5 == 16 and row + 0.5 == 16
     gcol, grow, n_goal = _blob_centre(img, cfg.goal_color)
-    assert abs(gcol + 0.5 - 32) <= 1 and abs(grow + 0.5 - 32) <= 1
-    # Sizes: robot 0.2 x 0.14 m = 6.4 x 4.5 px, goal 0.2 x 0.2 m = 6.4 x 6.4 px (full pixels)
-    assert 15 <= n_robot <= 35 and 25 <= n_goal <= 45
+    assert gcol + 0.5 == 32 and grow + 0.5 == 32
+    # Sizes: robot 0.2 x 0.14 m = 6.4 x 4.48 px about (16, 16): full columns 13..18, rows
+    # 14..17; goal 0.2 x 0.2 m = 6.4 x 6.4 px about (32, 32): columns and rows 29..34. Only
+    # fully covered pixels have exactly the object's colour (edges are area-blended).
+    assert n_robot == 6 * 4 and n_goal == 6 * 6
     # Walls on the border, floor inside.
     assert tuple(img[0, 0]) == tuple(cfg.wall_color)
     assert tuple(img[40, 10]) == tuple(cfg.floor_color)
