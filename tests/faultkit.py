@@ -57,6 +57,7 @@ class Probe:
         self._cam_timer = None
         self._beat_timer = None
         self.pub_stop = None
+        self.last_beat_time = None
 
     # -- spinning --------------------------------------------------------------------------
     def spin(self, seconds: float) -> None:
@@ -98,8 +99,11 @@ class Probe:
             self.node.destroy_timer(self._beat_timer)
             self._beat_timer = None
         if rate_hz:
-            self._beat_timer = self.node.create_timer(
-                1.0 / rate_hz, lambda: self.pub_stop.publish(Bool(data=False)))
+            self._beat_timer = self.node.create_timer(1.0 / rate_hz, self._beat)
+
+    def _beat(self) -> None:
+        self.pub_stop.publish(Bool(data=False))
+        self.last_beat_time = time.monotonic()
 
     # -- commands --------------------------------------------------------------------------
     def _on_cmd(self, msg: Twist) -> None:

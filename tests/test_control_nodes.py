@@ -1,14 +1,16 @@
 """belief and planner nodes over real DDS (each node in its own process, isolated domain)."""
 import numpy as np
+import torch
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header
 
 from rosutil import spin_until
+from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.messages import belief_from_msg, belief_to_msg
 from world_model_ctrl.procs import NodeGroup, NodeSpec
-from world_model_ctrl.ssm import SSMConfig
+from world_model_ctrl.ssm import SSMConfig, WorldModel, images_to_tensor
 
 
 def _spin_for(node, seconds):
@@ -20,7 +22,9 @@ def _spin_for(node, seconds):
 def frame(k, size=64, encoding='rgb8'):
     img = Image(height=size, width=size, encoding=encoding, step=size * 3)
     img.header.stamp.sec, img.header.stamp.nanosec = 100 + k, 0
-    img.data = np.full((size, size, 3), (10 * k) % 256, np.uint8).tobytes()
+    rgb = np.full((size, size, 3), (10 * k) % 256, np.uint8)
+    rgb[: size // 3, (k % 4) * size // 8:, 0] = 255         # structure: a flip shows
+    img.data = rgb.tobytes()
     return img
 
 
@@ -55,9 +59,18 @@ def test_belief_publishes_one_belief_per_frame_with_its_stamp(ros_node, tiny_ssm
         assert bytes(beliefs[10].data) == bytes(beliefs[9].data)
         del beliefs[10]
     assert [b.header.stamp.sec for b in beliefs] == [100 + k for k in range(10)]
-    mean, std = belief_from_msg(beliefs[-1])
-    assert mean.shape == std.shape == (SSMConfig.from_preset('debug').latent_dim,)
-    assert np.all(std > 0) and np.all(np.isfinite(mean))
+    # The same filter run offline on the same frames (warm-up frame first, no commands).
+    model = WorldModel.from_checkpoint(tiny_ssm_ckpt)
+    h = None
+    with torch.no_grad():
+        for k, b in zip([99, *range(10)], [None, *beliefs]):
+            img = frame(k, size=48 if k % 2 and k != 99 else 64)
+            x = images_to_tensor(image_to_rgb(img, model.config.image_size)[None])
+            h, mean, std = model.step(h, x, torch.zeros(1, model.config.action_dim))
+            if b is not None:
+                got_mean, got_std = belief_from_msg(b)
+                np.testing.assert_allclose(got_mean, mean[0].numpy(), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(got_std, std[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_belief_carries_memory_of_the_history(ros_node, tiny_ssm_ckpt):
@@ -123,3 +136,6 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped(ros_node, tiny_ssm_ckpt
         stop.publish(Bool(data=False))
         feed(6)
         assert any(speed(c) > 0 for c in cmds[-4:])
+    # every command within the bound (max_speed 0.5 per axis) and finite
+    arr = np.array([[c.linear.x, c.linear.y] for c in cmds])
+    assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 
 from conftest import unique_domain
@@ -116,3 +117,56 @@ def test_every_node_survives_a_signal_storm_and_exits_0(tmp_path):
     assert codes == dict.fromkeys(nodes, 0)
     for name in nodes:
         assert_clean_output(open(logs[name].name).read())
+
+
+BAD_START = {
+    'planner_rate_hz_0': ('world_model_ctrl.planner', ['-p', 'rate_hz:=0.0'],
+                          'parameter rate_hz must be > 0, got 0.0'),
+    'planner_negative_belief_timeout': ('world_model_ctrl.planner',
+                                        ['-p', 'belief_timeout:=-1.0'],
+                                        'parameter belief_timeout must be > 0, got -1.0'),
+    'belief_turning_fields': ('world_model_ctrl.belief',
+                              ['-p', "action_fields:=['linear.x','angular.q']"],
+                              "action_fields ['angular.q'] are not Twist fields"),
+    'room_sim_rate_hz_0': ('room_sim.node', ['-p', 'rate_hz:=0.0'],
+                           'parameter rate_hz must be > 0, got 0.0'),
+    'params_file_yaml_error': ('world_model_ctrl.planner', ['--params-file', '{bad_yaml}'],
+                               "Couldn't parse params file"),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_START))
+def test_bad_parameter_is_one_line_and_exit_2(case, tmp_path):
+    module, ros_args, message = BAD_START[case]
+    bad_yaml = tmp_path / 'bad.yaml'
+    bad_yaml.write_text('planner:\n  ros__parameters:\n    rate_hz: [1, 2\n')
+    ros_args = [a.format(bad_yaml=bad_yaml) for a in ros_args]
+    run = subprocess.run([sys.executable, '-m', module, '--ros-args', *ros_args],
+                         env=ros_env(unique_domain()), capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert message in run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if 'cannot start' in ln]
+    assert len(errors) == 1, run.stderr
+    assert_clean_output(run.stdout + run.stderr)
+
+
+def test_wmc_up_refuses_a_nan_checkpoint_before_starting_nodes(tmp_path):
+    import torch
+
+    from conftest import tiny_world_model
+    from world_model_ctrl.checkpoint import FORMAT_VERSION
+    model = tiny_world_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(k for k in state if k.endswith('weight'))
+    state[name][0] = float('nan')
+    bad = tmp_path / 'nan.pt'
+    torch.save({'format_version': FORMAT_VERSION, 'kind': 'ssm',
+                'config': model.config.to_dict(), 'state_dict': state, 'extra': {}}, bad)
+    run = subprocess.run([sys.executable, '-m', 'world_model_ctrl.cli', 'up', '--no-sim',
+                          '--checkpoint', str(bad)], env=ros_env(unique_domain()),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert name in run.stderr and 'non-finite' in run.stderr
+    assert 'starting' not in run.stderr                 # no node was started
+    assert_clean_output(run.stdout + run.stderr)
