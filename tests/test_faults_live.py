@@ -410,7 +410,8 @@ def test_monitor_killed_stops_planner_and_restart_releases(domain, tiny_ckpt, tm
         assert took <= 1.0 + 1 / RATE + 0.25 + SLACK
         graph.start('monitor', monitor)
         probe.wait_moving(60, 'driving again with a restarted monitor')
-        assert 'dropping frame' in graph.output('monitor')     # the malformed third frames
+        probe.until(lambda: 'dropping frame' in graph.output('monitor'), 15,
+                    'the monitor to drop a malformed frame (every third one)')
         assert graph.alive('monitor') and graph.alive('planner')
         probe.assert_safe(0.5)
     finally:

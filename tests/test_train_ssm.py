@@ -1,13 +1,17 @@
 """train-ssm / eval-ssm on a tiny bag of real simulator episodes: learning happens, CLI works."""
 import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from world_model_ctrl.checkpoint import load_checkpoint
+from world_model_ctrl.data import DataConfig, load_episodes
 from world_model_ctrl.ssm import WorldModel
 from world_model_ctrl.train_ssm import resolve_config, train
 from worldbag import world_bag
@@ -29,14 +33,32 @@ def _train(bag, out, steps, **kw):
     return train([bag], out, cfg, progress=False, **kw)
 
 
-def test_validation_elbo_improves_with_training(bag, tmp_path):
+TRAINED_STEPS = 300     # enough for the debug model to beat the trivial baselines below
+
+
+@pytest.fixture(scope='module')
+def trained(bag, tmp_path_factory):
+    """(summary, checkpoint, the test's own wall clock around train()) of a trained model."""
+    out = tmp_path_factory.mktemp('trained') / 'ssm.pt'
+    t0 = time.perf_counter()
+    summary = _train(bag, out, steps=TRAINED_STEPS)
+    return summary, out, time.perf_counter() - t0
+
+
+def test_validation_elbo_improves_with_training(bag, trained, tmp_path):
     torch.manual_seed(0)
     before = _train(bag, tmp_path / 'a.pt', steps=1)
-    after = _train(bag, tmp_path / 'b.pt', steps=150)
+    after, _, wall = trained
     # Learning, not noise: the held-out ELBO per frame rises by hundreds of nats (16x16x3 px).
     assert after['val_elbo'] > before['val_elbo'] + 200, (before['val_elbo'], after['val_elbo'])
     assert after['val_recon_loglik'] > before['val_recon_loglik']
-    assert after['seq_per_s'] > 0
+    # Throughput is what was done (steps x batch sequences) over the time it took, and that
+    # time is measured: it fits inside the test's own clock around train().
+    assert 0 < after['seconds'] <= wall
+    n = TRAINED_STEPS * SMALL['train']['batch_size']
+    assert after['seq_per_s'] == pytest.approx(n / after['seconds'], rel=0.01)
+    assert after['frames_per_s'] == pytest.approx(
+        after['seq_per_s'] * SMALL['train']['seq_len'], rel=0.01)
 
 
 def test_checkpoint_is_self_describing_and_resumable(bag, tmp_path):
@@ -59,7 +81,7 @@ def test_checkpoint_is_self_describing_and_resumable(bag, tmp_path):
         train([bag], out, resolve_config('debug', over), resume=True, progress=False)
 
 
-def test_cli_train_then_eval_writes_the_documented_keys(bag, tmp_path):
+def test_cli_train_then_eval_writes_the_documented_keys(bag, trained, tmp_path):
     ckpt, metrics = tmp_path / 'm.pt', tmp_path / 'eval.json'
     sets = ['--set', 'model.image_size=16', '--set', 'data.image_size=16']
     run = [sys.executable, '-m', 'world_model_ctrl.cli']
@@ -70,16 +92,55 @@ def test_cli_train_then_eval_writes_the_documented_keys(bag, tmp_path):
     again = subprocess.run(run + ['train-ssm', '--bags', str(bag), '--out', str(ckpt),
                                   '--preset', 'debug'] + sets, capture_output=True, text=True)
     assert again.returncode == 2 and '--resume' in again.stderr
-    proc = subprocess.run(run + ['eval-ssm', '--ckpt', str(ckpt), '--bags', str(bag),
+    assert load_checkpoint(ckpt, 'ssm')['extra']['step'] == 6
+    # Evaluate the trained model (a 6-step one has learnt nothing to compare with baselines).
+    summary, trained_ckpt, _ = trained
+    proc = subprocess.run(run + ['eval-ssm', '--ckpt', str(trained_ckpt), '--bags', str(bag),
                                  '--json', str(metrics), '--device', 'cpu'],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     m = json.loads(metrics.read_text())
-    for key in ('elbo_per_frame', 'recon_mse', 'reward_rmse', 'reward_std'):
-        assert isinstance(m[key], float)
     for key in ('openloop_mse', 'copy_last_mse'):
         assert set(m[key]) == {'1', '5', '10', '15'}
-    assert 0 < m['copy_last_mse']['1'] < m['copy_last_mse']['10']
+
+    # The evaluated frames, read here: the checkpoint's data config, windows of context 5 +
+    # horizon 15 = 20 frames every 10 frames inside each episode; pixels in [0, 1].
+    episodes = load_episodes([bag], DataConfig(image_size=16))
+    context, length, stride = 5, 20, 10
+    wins = [(ep.images[s:s + length].astype(np.float64) / 255, ep.rewards[s:s + length])
+            for ep in episodes for s in range(0, len(ep) - length + 1, stride)]
+    assert len(wins) == 8              # 8 episodes of 21 frames: one window each
+    assert (m['windows'], m['frames']) == (len(wins), len(wins) * length)
+    frames = np.concatenate([w[0] for w in wins])
+    rewards = np.concatenate([w[1] for w in wins]).astype(np.float64)
+
+    # copy-last baseline: the last context frame as the prediction of frame context-1+h
+    for h in (1, 5, 10, 15):
+        expect = np.mean([((w[0][context - 1] - w[0][context - 1 + h]) ** 2).mean()
+                          for w in wins])
+        assert m['copy_last_mse'][str(h)] == pytest.approx(expect, rel=1e-5), h
+    assert m['reward_std'] == pytest.approx(np.std(rewards, ddof=1), rel=1e-5)
+    # The trained model beats trivial predictors: the mean image of these frames, and a
+    # constant reward (whose RMSE is the rewards' std).
+    mean_image_mse = ((frames - frames.mean(0)) ** 2).mean()
+    assert m['recon_mse'] < 0.95 * mean_image_mse, (m['recon_mse'], mean_image_mse)
+    assert m['reward_rmse'] < 0.75 * m['reward_std'], (m['reward_rmse'], m['reward_std'])
+    # ELBO per frame: log p(x|z) + log p(r|z) - KL, per frame. KL >= 0 and a posterior sample
+    # decodes no better than the (clamped) posterior mean that recon_mse/reward_rmse measure,
+    # so it is at most the Gaussian log-likelihoods of those errors (obs_std 0.1, reward_std
+    # 0.05, 3x16x16 pixels) ...
+    cfg = WorldModel.from_checkpoint(trained_ckpt).config
+    d = frames[0].size
+
+    def loglik(mse, std, n):
+        return n * (-0.5 * mse / std ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi))
+    ceiling = (loglik(m['recon_mse'], cfg.obs_std, d)
+               + loglik(m['reward_rmse'] ** 2, cfg.reward_std, 1))
+    assert math.isfinite(m['elbo_per_frame']) and m['elbo_per_frame'] <= ceiling, \
+        (m['elbo_per_frame'], ceiling)
+    # ... and it estimates the same per-frame quantity as training's held-out ELBO (other
+    # episodes and window length, so only roughly).
+    assert m['elbo_per_frame'] == pytest.approx(summary['val_elbo'], rel=0.1)
 
 
 def test_bad_config_is_rejected_clearly():

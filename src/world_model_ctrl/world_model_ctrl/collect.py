@@ -1,12 +1,19 @@
 """`wmc collect`: lockstep room_sim + exploration policy + recorder over ROS topics -> one bag."""
 from __future__ import annotations
 
+import bisect
 import json
+import logging
 import os
+import shutil
+import subprocess
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from world_model_ctrl.procs import NodeGroup, NodeSpec, ros_env, wait_for
+
+log = logging.getLogger(__name__)
 
 # Recorded topics with their types.
 COLLECT_TOPICS = {
@@ -22,14 +29,46 @@ COLLECT_TOPICS = {
 def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy: str = 'mix',
             storage: str = 'mcap', sim_params: dict | None = None, domain_id: int | None = None,
             progress: bool = True, timeout: float | None = None) -> dict:
-    """Record ``episodes`` x ``steps`` exploration steps into the new bag ``out``."""
+    """Record ``episodes`` x ``steps`` exploration steps into the new bag ``out``.
+
+    Arguments are checked before anything starts; if recording fails after the bag directory
+    was created, that (new, incomplete) directory is removed so that a rerun is not blocked
+    (Ctrl-C keeps it: the recorder closes what it has cleanly).
+    """
     out = Path(out)
+    if episodes < 1 or steps < 1:
+        raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
+    check_sim_params(sim_params or {})
     if out.exists():
         raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
                               'overwritten)')
-    if episodes < 1 or steps < 1:
-        raise ValueError('--episodes and --steps must be >= 1')
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _record(out, episodes, steps, seed, policy, storage, sim_params, domain_id,
+                       progress, timeout)
+    except Exception:
+        if out.exists():        # it did not exist before this run: an incomplete bag
+            log.warning('collect failed: removing the incomplete bag %s', out)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_sim_params(sim_params: dict) -> None:
+    """room_sim's own checks (image_size >= 8, ...) before any process starts."""
+    from room_sim.world import WorldConfig
+    known = {f.name for f in fields(WorldConfig)}
+    try:
+        WorldConfig(**{k: v for k, v in sim_params.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'simulator parameters: {e}') from None
+    if sim_params.get('noise_std', 0.0) < 0:
+        raise ValueError(f"simulator parameters: noise_std must be >= 0, got "
+                         f"{sim_params['noise_std']}")
+
+
+def _record(out: Path, episodes: int, steps: int, seed: int, policy: str, storage: str,
+            sim_params: dict | None, domain_id: int | None, progress: bool,
+            timeout: float | None) -> dict:
     import rclpy
     from rclpy.node import Node
 
@@ -61,7 +100,10 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
             time.sleep(0.5)    # let the recorder's subscriptions match the sim's publishers
             t1 = time.monotonic()
             exp_proc = group.start(exp)
-            rc = exp_proc.wait(timeout)
+            try:
+                rc = exp_proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f'the explorer did not finish within {timeout} s') from None
             t2 = time.monotonic()
             if rc != 0:
                 raise RuntimeError(f'explorer exited with code {rc}')
@@ -71,10 +113,37 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
     finally:
         watcher.destroy_node()
         rclpy.try_shutdown()
-    total = episodes * steps
-    return {'bag': str(out), 'storage': storage, 'episodes': episodes, 'steps': total,
-            'collect_s': round(t2 - t1, 3), 'steps_per_s': round(total / (t2 - t1), 1),
+    counted = count_recorded(out)
+    if counted != {'episodes': episodes, 'steps': episodes * steps}:
+        log.warning('the bag %s holds %d episodes and %d steps (commands); %d x %d = %d were '
+                    'requested', out, counted['episodes'], counted['steps'], episodes, steps,
+                    episodes * steps)
+    return {'bag': str(out), 'storage': storage, **counted,
+            'collect_s': round(t2 - t1, 3), 'steps_per_s': round(counted['steps'] / (t2 - t1), 1),
             'wall_s': round(time.monotonic() - t0, 3)}
+
+
+def count_recorded(bag: Path) -> dict:
+    """What the closed bag holds: ``steps`` = /cmd_vel messages, ``episodes`` = episode
+    markers followed by at least one command before the next marker (in log time).
+
+    The sim's start-up frame carries a marker of its own before the explorer's first reset; no
+    command answers it, so it is not an episode.
+    """
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+    cmds, markers = [], []
+    with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
+        conns = [c for c in reader.connections
+                 if c.topic in ('/cmd_vel', '/room_sim/episode_start')]
+        for conn, t, _ in reader.messages(connections=conns):
+            (cmds if conn.topic == '/cmd_vel' else markers).append(t)
+    cmds.sort()
+    markers.sort()
+    ends = markers[1:] + [float('inf')]
+    episodes = sum(bisect.bisect_left(cmds, m) < bisect.bisect_left(cmds, e)
+                   for m, e in zip(markers, ends))
+    return {'episodes': int(episodes), 'steps': len(cmds)}
 
 
 def print_summary(result: dict) -> None:
