@@ -23,7 +23,8 @@ from std_msgs.msg import Bool
 
 from room_sim.world import RoomWorld
 
-BAD_OUTPUT = ('Traceback', 'KeyboardInterrupt', 'ExternalShutdownException', 'process has died')
+BAD_OUTPUT = ('Traceback', 'KeyboardInterrupt', 'ExternalShutdownException', 'process has died',
+              'never retrieved')
 
 
 def rgb_msg(rgb: np.ndarray, stamp_ns: int, encoding='rgb8') -> Image:

@@ -110,14 +110,19 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped(ros_node, tiny_ssm_ckpt
     stop = ros_node.create_publisher(Bool, 'planner/stop', 10)
     z = SSMConfig.from_preset('debug').latent_dim
 
-    def feed(n):
-        for _ in range(n):
+    def feed(cond, what, timeout=10.0):
+        """Beliefs every 50 ms until ``cond()`` (commands come at the planner's 20 Hz)."""
+        def step():
             pub.publish(belief_to_msg(np.full(z, 0.5), np.full(z, 0.1), Header()))
-            start = len(cmds)
-            spin_until(ros_node, lambda: len(cmds) > start, 5, 'a command')
+            _spin_for(ros_node, 0.05)
+            return cond()
+        spin_until(ros_node, step, timeout, what)
 
     def speed(c):
         return abs(c.linear.x) + abs(c.linear.y)
+
+    def moving():
+        return any(speed(c) > 0 for c in cmds[-3:])
     with NodeGroup() as group:
         group.start(NodeSpec('world_model_ctrl.planner', {
             'checkpoint': str(tiny_ssm_ckpt), 'rate_hz': 20.0, 'belief_timeout': 0.3,
@@ -125,17 +130,17 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped(ros_node, tiny_ssm_ckpt
         spin_until(ros_node, lambda: pub.get_subscription_count() > 0
                    and len(cmds) > 3, 30, 'planner up and publishing')
         assert all(speed(c) == 0 for c in cmds)            # no belief yet: zero
-        feed(10)
-        assert any(speed(c) > 0 for c in cmds[-5:])        # planning from fresh beliefs
+        feed(moving, 'planning from fresh beliefs')
         n = len(cmds)
         spin_until(ros_node, lambda: len(cmds) > n + 12, 10, 'commands after beliefs stop')
         assert all(speed(c) == 0 for c in cmds[-4:])       # stale belief: zero
         stop.publish(Bool(data=True))
-        feed(6)
-        assert all(speed(c) == 0 for c in cmds[-4:])       # stop requested: zero
+        feed(lambda: speed(cmds[-1]) == 0, 'the stop to take effect', 3.0)
+        n = len(cmds)
+        feed(lambda: len(cmds) > n + 6, 'commands while stopped')
+        assert all(speed(c) == 0 for c in cmds[n - 1:])    # stop requested: zero throughout
         stop.publish(Bool(data=False))
-        feed(6)
-        assert any(speed(c) > 0 for c in cmds[-4:])
+        feed(moving, 'driving again after the release')
     # every command within the bound (max_speed 0.5 per axis) and finite
     arr = np.array([[c.linear.x, c.linear.y] for c in cmds])
     assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5

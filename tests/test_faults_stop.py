@@ -135,20 +135,28 @@ BAD_START = {
 }
 
 
-@pytest.mark.parametrize('case', sorted(BAD_START))
-def test_bad_parameter_is_one_line_and_exit_2(case, tmp_path):
-    module, ros_args, message = BAD_START[case]
-    bad_yaml = tmp_path / 'bad.yaml'
+@pytest.fixture(scope='module')
+def bad_starts(tmp_path_factory):
+    """Every BAD_START case started at once (each process pays torch's import): results."""
+    bad_yaml = tmp_path_factory.mktemp('bad') / 'bad.yaml'
     bad_yaml.write_text('planner:\n  ros__parameters:\n    rate_hz: [1, 2\n')
-    ros_args = [a.format(bad_yaml=bad_yaml) for a in ros_args]
-    run = subprocess.run([sys.executable, '-m', module, '--ros-args', *ros_args],
-                         env=ros_env(unique_domain()), capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == 2
-    assert message in run.stderr
-    errors = [ln for ln in run.stderr.splitlines() if 'cannot start' in ln]
-    assert len(errors) == 1, run.stderr
-    assert_clean_output(run.stdout + run.stderr)
+    procs = {}
+    for case, (module, ros_args, _) in BAD_START.items():
+        argv = [sys.executable, '-m', module, '--ros-args',
+                *[a.format(bad_yaml=bad_yaml) for a in ros_args]]
+        procs[case] = subprocess.Popen(argv, env=ros_env(unique_domain()), text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return {case: (p.wait(60), *p.communicate()) for case, p in procs.items()}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_START))
+def test_bad_parameter_is_one_line_and_exit_2(case, bad_starts):
+    returncode, stdout, stderr = bad_starts[case]
+    assert returncode == 2
+    assert BAD_START[case][2] in stderr
+    errors = [ln for ln in stderr.splitlines() if 'cannot start' in ln]
+    assert len(errors) == 1, stderr
+    assert_clean_output(stdout + stderr)
 
 
 def test_wmc_up_refuses_a_nan_checkpoint_before_starting_nodes(tmp_path):
@@ -170,3 +178,35 @@ def test_wmc_up_refuses_a_nan_checkpoint_before_starting_nodes(tmp_path):
     assert name in run.stderr and 'non-finite' in run.stderr
     assert 'starting' not in run.stderr                 # no node was started
     assert_clean_output(run.stdout + run.stderr)
+
+
+CRASHY_NODE = '''
+from rclpy.node import Node
+from world_model_ctrl.spin import run_node
+
+class Crashy(Node):
+    def __init__(self):
+        super().__init__('crashy')
+        self.ticks = 0
+        self.create_timer(0.05, self.tick)
+
+    def tick(self):
+        self.ticks += 1
+        raise RuntimeError(f'bug in tick {self.ticks}')
+
+raise SystemExit(run_node(Crashy, on_stop=lambda n: print('ticks', n.ticks, flush=True)))
+'''
+
+
+def test_an_exception_in_a_callback_does_not_stop_the_node(tmp_path):
+    import time
+    proc = subprocess.Popen([sys.executable, '-c', CRASHY_NODE], env=ros_env(unique_domain()),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4.0)
+    assert proc.poll() is None, 'the node died of its callback:\n' + proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 0
+    assert 'callback failed: RuntimeError: bug in tick 1' in out
+    ticks = int(out.split('ticks ')[-1].split()[0])
+    assert ticks >= 20                                  # it kept spinning: ~4 s at 20 Hz

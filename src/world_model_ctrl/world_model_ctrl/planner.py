@@ -2,10 +2,14 @@
 
 trigger=timer  plans from the latest belief at ``rate_hz`` (a real robot, realtime sim).
 trigger=belief plans once per new belief (lockstep sim: each command advances the world).
-Either way a fixed-rate watchdog publishes zero when the belief is older than
+Either way a watchdog thread of its own (not the executor: a long plan or a busy executor
+cannot delay it) publishes zero at ``rate_hz`` while the belief is older than
 ``belief_timeout``, a stop request is active, or (``require_monitor``) the image monitor has
-been silent for ``monitor_timeout``. Every command passes one gate (``publish``): non-finite ->
-zero with a warning, out of bounds -> clipped, and nothing after the final zero on shutdown.
+been silent for ``monitor_timeout``. Ages count from when the middleware received the message,
+not from when the executor got round to it. Every command passes one gate (``publish``):
+non-finite -> zero with a warning, out of bounds -> clipped, zero while the watchdog holds
+(a plan that started on a fresh belief and ended on a stale one), and nothing after the final
+zero on shutdown.
 """
 import threading
 import time
@@ -22,7 +26,7 @@ from std_msgs.msg import Bool, Float32, Header
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
 from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_from_action
 from world_model_ctrl.paths import resolve_checkpoint
-from world_model_ctrl.spin import require_positive, run_node
+from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
 from world_model_ctrl.ssm import WorldModel
 
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
@@ -61,6 +65,7 @@ class PlannerNode(Node):
         for name in ('rate_hz', 'belief_timeout', 'max_speed', 'monitor_timeout'):
             require_positive(name, p(name).value)
         torch.set_num_threads(max(1, p('threads').value))
+        torch.set_flush_denormal(True)      # denormals slow CPU kernels several-fold
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
@@ -81,8 +86,9 @@ class PlannerNode(Node):
         with torch.no_grad():
             self.cem.plan(self.rollout, torch.zeros(z), torch.ones(z))
         self.cem.reset()
-        self.belief = None                  # (mean, std, header, receive time)
+        self.belief = None                  # (mean, std, header, arrival time)
         self.new_belief = False
+        self.reset_plan = False             # drop the warm start before the next plan
         self.stop_requested = False
         self.monitor_seen = None            # monotonic time of the last planner/stop message
         self.lock = threading.Lock()
@@ -93,17 +99,23 @@ class PlannerNode(Node):
         self.pub_ms = self.create_publisher(Float32, 'planner/plan_ms', 10)
         self.pub_ret = self.create_publisher(Float32, 'planner/predicted_return', 10)
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, 'belief', self.on_belief, 10, callback_group=inputs)
-        self.create_subscription(Bool, 'planner/stop', self.on_stop, 10, callback_group=inputs)
+        self.create_subscription(Image, 'belief', with_message_info(self.on_belief), 10,
+                                 callback_group=inputs)
+        self.create_subscription(Bool, 'planner/stop', with_message_info(self.on_stop), 10,
+                                 callback_group=inputs)
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10,
                                  callback_group=inputs)
         # Planning runs in its own group so incoming beliefs are never blocked behind it.
         self.plan_group = MutuallyExclusiveCallbackGroup()
-        self.create_timer(1.0 / p('rate_hz').value, self.on_timer, callback_group=self.plan_group)
+        self.period = 1.0 / p('rate_hz').value
+        self.create_timer(self.period, self.on_timer, callback_group=self.plan_group)
+        self.halt = threading.Event()
+        threading.Thread(target=self.watchdog, name='planner_watchdog', daemon=True).start()
         self.get_logger().info(f'planner from {ckpt} on {self.device}, trigger={self.trigger}')
 
     # -- inputs ----------------------------------------------------------------------------
-    def on_belief(self, msg):
+    def on_belief(self, msg, info):
+        arrived = arrival_time(info)
         try:
             mean, std = belief_from_msg(msg)
         except ValueError as e:
@@ -121,21 +133,21 @@ class PlannerNode(Node):
             self.publish(np.zeros(len(self.fields)), msg.header)
             return
         with self.lock:
-            self.belief = (mean, std, msg.header, time.monotonic())
+            self.belief = (mean, std, msg.header, arrived)
             self.new_belief = True
         if self.trigger == 'belief':
             self.plan_and_publish()
 
-    def on_stop(self, msg):
+    def on_stop(self, msg, info):
         if msg.data != self.stop_requested:
             self.get_logger().warning('stop requested: holding zero' if msg.data else 'resuming')
         self.stop_requested = msg.data
         if self.require_monitor and self.monitor_seen is None:
             self.get_logger().info('image monitor is up')
-        self.monitor_seen = time.monotonic()
+        self.monitor_seen = arrival_time(info)
 
     def on_reset(self, msg):
-        self.cem.reset()
+        self.reset_plan = True
 
     # -- control ---------------------------------------------------------------------------
     def stale(self) -> bool:
@@ -152,12 +164,18 @@ class PlannerNode(Node):
             return True
         return False
 
+    def holding(self) -> bool:
+        return self.must_hold() or self.stale()
+
+    def watchdog(self):
+        """Zero at rate_hz while holding, whatever the executor is doing."""
+        while not self.halt.wait(self.period):
+            if self.holding():
+                self.reset_plan = self.belief is not None
+                self.publish(np.zeros(len(self.fields)))
+
     def on_timer(self):
-        if self.must_hold() or self.stale():
-            if self.belief is not None:
-                self.cem.reset()
-            self.publish(np.zeros(len(self.fields)))
-        elif self.trigger == 'timer':
+        if self.trigger == 'timer' and not self.holding():
             self.plan_and_publish()
 
     def plan_and_publish(self):
@@ -169,13 +187,16 @@ class PlannerNode(Node):
         if self.must_hold():
             self.publish(np.zeros(len(self.fields)), header)
             return
+        if self.reset_plan:
+            self.reset_plan = False
+            self.cem.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
             res = self.cem.plan(self.rollout, torch.from_numpy(mean),
                                 torch.from_numpy(std))
         action = res.action.cpu().numpy()
         if not np.all(np.isfinite(action)):
-            self.cem.reset()                # never warm-start from a non-finite plan
+            self.reset_plan = True          # never warm-start from a non-finite plan
         self.publish(action, header)
         self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
         self.pub_ret.publish(Float32(data=float(res.predicted_return)))
@@ -189,6 +210,8 @@ class PlannerNode(Node):
                                    throttle_duration_sec=5.0)
             action = np.zeros_like(self.low)
         action = np.clip(action, self.low, self.high)
+        if action.any() and self.holding():
+            action = np.zeros_like(action)  # planned on a belief that went stale meanwhile
         if header is None:
             header = Header(stamp=self.get_clock().now().to_msg())
         with self.pub_lock:
@@ -199,6 +222,7 @@ class PlannerNode(Node):
 
     def stop_robot(self):
         """The final zero, on shutdown; waits until subscribers acknowledged it."""
+        self.halt.set()
         for _ in range(2):                  # a lossy (best-effort) link still gets one
             self.publish(np.zeros(len(self.fields)))
         self.publish(np.zeros(len(self.fields)), final=True)

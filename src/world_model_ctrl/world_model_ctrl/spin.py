@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
 import rclpy
@@ -60,6 +61,30 @@ def run_node(node_cls, args=None, threads: int = 1,
         # ... nor one during interpreter exit, when Python puts back the default handlers
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def with_message_info(callback: Callable) -> Callable:
+    """``callback(msg, info)`` as a subscription callback: rclpy passes the MessageInfo where it
+    can (Iron and later); elsewhere info is None."""
+    from rclpy.subscription import Subscription
+    if hasattr(Subscription, 'CallbackType'):
+        return callback
+    return lambda msg: callback(msg, None)
+
+
+def arrival_time(info) -> float:
+    """time.monotonic() at which the middleware received a message, from its MessageInfo.
+
+    A busy executor may take a message long after it arrived; an age counted from then would
+    let a controller act on data older than its timeout. The wall-clock delay since reception
+    is subtracted; if the wall clock jumped back it is taken as zero (the message's age is then
+    counted from now), if it jumped forward the message looks older: both err on the safe side.
+    """
+    now = time.monotonic()
+    received = (info or {}).get('received_timestamp', 0)
+    if not received:
+        return now
+    return now - max(0.0, (time.time_ns() - received) / 1e9)
 
 
 def require_positive(name: str, value) -> None:
