@@ -2,7 +2,9 @@
 
 The probe is one rclpy node in the test process, in the test module's own DDS domain. Its
 camera publishes like a real driver (sensor-data QoS, best effort) from a timer, so frames keep
-arriving while the test waits; ``Probe.cmds`` records every command with its arrival time.
+arriving while the test waits; ``Probe.cmds`` records every command with the time its
+publisher sent it (DDS source timestamp, as time.monotonic()), so a busy test process cannot
+make a node look late.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ class Probe:
         self.node = Node('fault_probe', context=self.ctx)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
-        self.cmds: list[tuple[float, np.ndarray]] = []      # (arrival, [x, y])
+        self.cmds: list[tuple[float, np.ndarray]] = []      # (sent, [x, y])
         self.node.create_subscription(Twist, cmd_topic, self._on_cmd, QoSProfile(depth=1000))
         self.pub_cam = self.node.create_publisher(Image, 'camera/image_raw',
                                                   qos_profile_sensor_data)
@@ -107,8 +109,9 @@ class Probe:
         self.last_beat_time = time.monotonic()
 
     # -- commands --------------------------------------------------------------------------
-    def _on_cmd(self, msg: Twist) -> None:
-        self.cmds.append((time.monotonic(), np.array([msg.linear.x, msg.linear.y])))
+    def _on_cmd(self, msg: Twist, info) -> None:
+        delay = max(0.0, (time.time_ns() - info['source_timestamp']) / 1e9)
+        self.cmds.append((time.monotonic() - delay, np.array([msg.linear.x, msg.linear.y])))
 
     def cmds_since(self, t: float) -> list[np.ndarray]:
         return [c for at, c in self.cmds if at >= t]

@@ -64,7 +64,8 @@ class PlannerNode(Node):
             raise ValueError(f"trigger must be 'timer' or 'belief', got {self.trigger!r}")
         for name in ('rate_hz', 'belief_timeout', 'max_speed', 'monitor_timeout'):
             require_positive(name, p(name).value)
-        torch.set_num_threads(max(1, p('threads').value))
+        self.threads = max(1, p('threads').value)
+        torch.set_num_threads(self.threads)
         torch.set_flush_denormal(True)      # denormals slow CPU kernels several-fold
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
@@ -190,6 +191,9 @@ class PlannerNode(Node):
         if self.reset_plan:
             self.reset_plan = False
             self.cem.reset()
+        # The setting is per thread: an executor thread left at OpenMP's default (all cores)
+        # made plans stall the whole process for up to 1.5 s on 2 busy cores (measured).
+        torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         with torch.no_grad():
             res = self.cem.plan(self.rollout, torch.from_numpy(mean),
