@@ -156,6 +156,19 @@ class Probe:
         rclpy.shutdown(context=self.ctx)
 
 
+def within(bound: float, measure, what: str) -> float:
+    """``measure()`` (a time in s) must come within ``bound``, with one more try if the first
+    misses: this 2-core machine now and then stalls a whole process for up to ~1 s while other
+    nodes start (bench/bench_stop.py shows the tail, docs/benchmarks.md#stopping). A missing or
+    late watchdog misses both tries."""
+    first = measure()
+    if first <= bound:
+        return first
+    second = measure()
+    assert second <= bound, f'{what}: {first:.2f} s, then {second:.2f} s (bound {bound:.2f} s)'
+    return second
+
+
 def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, group=False, timeout=20.0) -> int:
     if group:
         os.killpg(proc.pid, sig)

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header
 
 from conftest import tiny_world_model, unique_domain
-from faultkit import Probe, assert_clean_output, rgb_msg, stop_process
+from faultkit import Probe, assert_clean_output, rgb_msg, stop_process, within
 from world_model_ctrl.messages import belief_from_msg, belief_to_msg
 from world_model_ctrl.paths import default_checkpoint
 from world_model_ctrl.procs import NodeSpec, ros_env
@@ -178,12 +178,14 @@ def test_non_finite_command_is_ignored_by_the_belief(live, value):
 
 def test_camera_stall_zeroes_within_the_timeout_and_resume_drives_again(live):
     graph, probe = live
-    probe.camera(None)
-    t0 = probe.last_frame_time
-    took = probe.zero_after(t0)
-    assert took <= TIMEOUT + 1 / RATE + SLACK, f'zero {took:.2f} s after the last frame'
-    probe.camera(15.0)
-    probe.wait_moving(10, 'driving again after the stall')
+
+    def stall():
+        probe.camera(None)
+        took = probe.zero_after(probe.last_frame_time)
+        probe.camera(15.0)
+        probe.wait_moving(10, 'driving again after the stall')
+        return took
+    within(TIMEOUT + 1 / RATE + SLACK, stall, 'zero after the last frame')
 
 
 def test_frame_flood_at_100_hz_keeps_commands_safe_and_coming(live):
@@ -216,13 +218,17 @@ def test_skewed_or_zero_camera_stamps_still_drive(live, offset_s):
 
 def test_belief_killed_zero_within_timeout_then_recovers(live):
     graph, probe = live
-    graph.procs['belief'].kill()
-    t0 = time.monotonic()
-    graph.procs['belief'].wait(5)
-    took = probe.zero_after(t0)
-    assert took <= TIMEOUT + 1 / RATE + SLACK, f'zero {took:.2f} s after the belief died'
-    graph.start('belief')
-    probe.wait_moving(60, 'driving again with a restarted belief node')
+
+    def kill():
+        graph.procs['belief'].kill()
+        t0 = time.monotonic()
+        graph.procs['belief'].wait(5)
+        took = probe.zero_after(t0)
+        graph.start('belief')
+        probe.wait_moving(60, 'driving again with a restarted belief node')
+        probe.spin(1.0)
+        return took
+    within(TIMEOUT + 1 / RATE + SLACK, kill, 'zero after the belief died')
 
 
 # --- G2: the planner alone, beliefs and monitor heartbeat from the probe ----------------------
@@ -304,12 +310,15 @@ def test_commands_never_exceed_max_speed(planner_only):
 
 def test_silent_monitor_holds_zero_until_it_is_back(planner_only):
     graph, probe = planner_only
-    probe.heartbeat(None)
-    took = probe.zero_after(probe.last_beat_time)
-    assert took <= 1.0 + 1 / RATE + SLACK, f'zero {took:.2f} s after the last heartbeat'
-    assert 'image monitor silent' in graph.output('planner')
-    probe.heartbeat(4.0)
-    probe.wait_moving(5, 'driving once the monitor is back')
+
+    def silence():
+        probe.heartbeat(None)
+        took = probe.zero_after(probe.last_beat_time)
+        assert 'image monitor silent' in graph.output('planner')
+        probe.heartbeat(4.0)
+        probe.wait_moving(5, 'driving once the monitor is back')
+        return took
+    within(1.0 + 1 / RATE + SLACK, silence, 'zero after the last heartbeat')
 
 
 def test_planner_restarted_while_inputs_flow(planner_only):
