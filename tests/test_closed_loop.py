@@ -24,9 +24,11 @@ def test_short_closed_loop_reaches_the_goal_from_a_near_start(ros_domain):
     assert s['success_rate'] == 1.0, s['per_episode']
     assert s['mean_steps'] <= 2 * s['oracle_mean_steps']
     # One plan per frame the planner answered (plan_ms is published once per plan, so the
-    # last one of an episode may still be in flight when its final pose arrives)
+    # last one of an episode may still be in flight when its final pose arrives), plus one per
+    # frame the lockstep sim re-sent after a stall (its belief is re-sent and planned again:
+    # seen 17 plans for 12 steps on a loaded machine)
     steps = sum(ep['steps'] for ep in s['per_episode'])
-    assert steps - 1 <= s['plans'] <= steps + 2 * 2, (s['plans'], steps)
+    assert steps - 1 <= s['plans'] <= 2 * steps + 4, (s['plans'], steps)
     # Plan times: ordered percentiles; a CEM over the model takes over a millisecond, and the
     # plans (half of them at least p50 each) ran within the run's wall time
     assert 1.0 < s['plan_ms_p50'] <= s['plan_ms_p99'] <= s['plan_ms_max'], s

@@ -210,3 +210,33 @@ def test_an_exception_in_a_callback_does_not_stop_the_node(tmp_path):
     assert 'callback failed: RuntimeError: bug in tick 1' in out
     ticks = int(out.split('ticks ')[-1].split()[0])
     assert ticks >= 20                                  # it kept spinning: ~4 s at 20 Hz
+
+
+def test_explorer_interrupted_mid_recording_leaves_zero(tmp_path):
+    """Recording drives the robot too: Ctrl-C of the explorer mid-episode ends on zero."""
+    from world_model_ctrl.procs import NodeSpec
+    domain = unique_domain()
+    env = ros_env(domain)
+    probe = Probe(domain)
+    log = open(tmp_path / 'nodes.log', 'w+')
+    sim = subprocess.Popen(NodeSpec('room_sim.node', {'mode': 'lockstep'}).argv(), env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    explorer = subprocess.Popen(NodeSpec('world_model_ctrl.explorer', {
+        'episodes': 100, 'steps': 50, 'progress': False, 'min_cmd_subscribers': 2}).argv(),
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        probe.until(lambda: sum(np.abs(c).sum() > 0 for _, c in probe.cmds) > 20, 90,
+                    'the explorer to drive')
+        explorer.send_signal(signal.SIGINT)
+        probe.until(lambda: explorer.poll() is not None, 20, 'the explorer to exit')
+        assert explorer.returncode == 0
+        probe.spin(1.0)
+        assert np.abs(probe.cmds[-1][1]).sum() == 0, f'last command {probe.cmds[-1][1]}'
+    finally:
+        for p in (explorer, sim):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(20)
+        probe.close()
+    log.flush()
+    assert_clean_output(open(log.name).read())

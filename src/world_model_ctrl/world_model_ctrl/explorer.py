@@ -2,15 +2,20 @@
 
 Against a lockstep room_sim it is the clock: every command advances the sim one step. It resets
 the sim (``room_sim/reset``) at the start of every episode and exits after ``episodes`` episodes.
+Stopped by SIGINT or SIGTERM (any number) it publishes a zero command last and exits 0.
 """
+import signal
 import struct
 import sys
+import threading
 
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped, Twist
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -112,26 +117,40 @@ class ExplorerNode(Node):
         self.bar.update(1)
 
 
-def main(args=None):
-    rclpy.init(args=args)
-    node = ExplorerNode()
+def main(args=None) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        while not node.reset_client.wait_for_service(timeout_sec=1.0):
+        node = ExplorerNode()
+    except Exception as e:      # bad parameter: one line, no traceback
+        print(f'[ERROR] [explorer]: cannot start: {e}', file=sys.stderr)
+        rclpy.try_shutdown(uninstall_handlers=False)
+        return 2
+    try:
+        while not stop.is_set() and not node.reset_client.wait_for_service(timeout_sec=1.0):
             node.get_logger().info('waiting for room_sim/reset ...')
         # Give DDS a moment to match the sim's publishers so the first frame is not missed.
         need = node.get_parameter('min_cmd_subscribers').value
-        while node.count_publishers(node.resolve_topic_name('camera/image_raw')) == 0 \
-                or node.pub_cmd.get_subscription_count() < need:
+        while not stop.is_set() and (
+                node.count_publishers(node.resolve_topic_name('camera/image_raw')) == 0
+                or node.pub_cmd.get_subscription_count() < need):
             rclpy.spin_once(node, timeout_sec=0.1)
-        node.start()
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.5)
-    except KeyboardInterrupt:
-        pass
+        if not stop.is_set():
+            node.start()
+        while rclpy.ok() and not node.done and not stop.is_set():
+            rclpy.spin_once(node, timeout_sec=0.1)
+        if stop.is_set():           # interrupted: the robot's last command is zero
+            node.pub_cmd.publish(Twist())
+            node.pub_cmd.wait_for_all_acked(Duration(seconds=1.0))
+        return 0
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(uninstall_handlers=False)   # as spin.run_node: later signals and
+        for sig in (signal.SIGINT, signal.SIGTERM):     # interpreter exit must not kill us
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())
