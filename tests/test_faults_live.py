@@ -408,7 +408,8 @@ def test_monitor_killed_stops_planner_and_restart_releases(domain, tiny_ckpt, tm
         graph.start('planner', NodeSpec('world_model_ctrl.planner', {
             'checkpoint': str(tiny_ckpt), 'require_monitor': True, 'monitor_timeout': 1.0,
             **SMALL_CEM}, remaps))
-        probe.spin(3.0)
+        probe.until(lambda: len(probe.cmds) >= 5, 60, 'the planner up (publishing zero)')
+        probe.spin(1.0)                     # fresh beliefs all along, no heartbeat yet
         assert not probe.moving_since(0), 'the planner drove before the monitor was up'
         graph.start('monitor', monitor)
         probe.wait_moving(60, 'the planner to drive once the monitor is up')
