@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/wmc demo
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests   # one worker per core; a module runs in one
 
 colcon: setup
 	cd ros2_ws && ../$(VENV)/bin/colcon build

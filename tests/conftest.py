@@ -10,8 +10,11 @@ _counter = itertools.count()
 
 
 def unique_domain() -> int:
-    # Distinct per process and per test, so parallel test runs never see each other's topics.
-    return 1 + (os.getpid() * 17 + next(_counter) * 7) % 200
+    # Distinct per test; pytest-xdist workers (gw0, gw1) get disjoint halves of 1..200, and
+    # the process id spreads separate test runs over the half.
+    worker = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
+    half = int(worker[2:]) % 2 if worker[2:].isdigit() else 0
+    return 1 + 100 * half + (os.getpid() * 17 + next(_counter) * 7) % 100
 
 
 @pytest.fixture

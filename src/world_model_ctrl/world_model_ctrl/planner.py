@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -64,8 +63,7 @@ class PlannerNode(Node):
             raise ValueError(f"trigger must be 'timer' or 'belief', got {self.trigger!r}")
         for name in ('rate_hz', 'belief_timeout', 'max_speed', 'monitor_timeout'):
             require_positive(name, p(name).value)
-        self.threads = max(1, p('threads').value)
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(max(1, p('threads').value))
         torch.set_flush_denormal(True)      # denormals slow CPU kernels several-fold
         ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
         self.device = resolve_device(p('device').value)
@@ -99,17 +97,13 @@ class PlannerNode(Node):
         self.pub = self.create_publisher(TwistStamped if self.stamped else Twist, 'cmd_vel', 10)
         self.pub_ms = self.create_publisher(Float32, 'planner/plan_ms', 10)
         self.pub_ret = self.create_publisher(Float32, 'planner/predicted_return', 10)
-        inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, 'belief', with_message_info(self.on_belief), 10,
-                                 callback_group=inputs)
-        self.create_subscription(Bool, 'planner/stop', with_message_info(self.on_stop), 10,
-                                 callback_group=inputs)
-        self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10,
-                                 callback_group=inputs)
-        # Planning runs in its own group so incoming beliefs are never blocked behind it.
-        self.plan_group = MutuallyExclusiveCallbackGroup()
+        # One executor thread: inputs wait at most one plan (their ages count from reception,
+        # not from when they are taken), and a plan is never in flight when the node stops.
+        self.create_subscription(Image, 'belief', with_message_info(self.on_belief), 10)
+        self.create_subscription(Bool, 'planner/stop', with_message_info(self.on_stop), 10)
+        self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         self.period = 1.0 / p('rate_hz').value
-        self.create_timer(self.period, self.on_timer, callback_group=self.plan_group)
+        self.create_timer(self.period, self.on_timer)
         self.halt = threading.Event()
         threading.Thread(target=self.watchdog, name='planner_watchdog', daemon=True).start()
         self.get_logger().info(f'planner from {ckpt} on {self.device}, trigger={self.trigger}')
@@ -191,9 +185,6 @@ class PlannerNode(Node):
         if self.reset_plan:
             self.reset_plan = False
             self.cem.reset()
-        # The setting is per thread: an executor thread left at OpenMP's default (all cores)
-        # made plans stall the whole process for up to 1.5 s on 2 busy cores (measured).
-        torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         with torch.no_grad():
             res = self.cem.plan(self.rollout, torch.from_numpy(mean),
@@ -207,7 +198,7 @@ class PlannerNode(Node):
 
     def publish(self, action, header=None, final=False):
         """The only way to cmd_vel: finite and within bounds, and nothing after the final zero
-        (a plan still running in an executor thread when the node stops is dropped here)."""
+        (the watchdog thread, or anything else, is refused here once it went out)."""
         action = np.asarray(action, np.float64).reshape(-1)
         if action.shape != self.low.shape or not np.all(np.isfinite(action)):
             self.get_logger().warning(f'non-finite or malformed command {action}: publishing zero',
@@ -235,8 +226,7 @@ class PlannerNode(Node):
 
 
 def main(args=None):
-    # Two executor threads: planning runs in its own callback group beside the inputs.
-    return run_node(PlannerNode, args, threads=2, on_stop=PlannerNode.stop_robot)
+    return run_node(PlannerNode, args, on_stop=PlannerNode.stop_robot)
 
 
 if __name__ == '__main__':

@@ -16,14 +16,13 @@ import time
 from typing import Callable, Optional
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 EXIT_BAD_CONFIG = 2
 
 
-def run_node(node_cls, args=None, threads: int = 1,
-             on_stop: Optional[Callable] = None) -> int:
+def run_node(node_cls, args=None, on_stop: Optional[Callable] = None) -> int:
     """Run ``node_cls()`` until SIGINT/SIGTERM; returns the process exit code."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -38,10 +37,10 @@ def run_node(node_cls, args=None, threads: int = 1,
         try:
             node = node_cls()
         except Exception as e:      # configuration errors: one clear line, no traceback
-            print(f'[ERROR] [{node_cls.__module__}]: cannot start: {_one_line(e)}', file=sys.stderr)
+            print(f'[ERROR] [{node_cls.__module__}]: cannot start: {_one_line(e)}',
+                  file=sys.stderr)
             return EXIT_BAD_CONFIG
-        executor = (MultiThreadedExecutor(num_threads=threads) if threads > 1
-                    else SingleThreadedExecutor())
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             try:
