@@ -8,6 +8,7 @@ docs/safety.md maps every case to the fault and the bound.
 """
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -434,7 +435,7 @@ def test_compressed_garbage_is_dropped(domain, tiny_ckpt, tmp_path):
     probe = Probe(domain, cmd_topic='g5/cmd_vel')
     beliefs = []
     probe.node.create_subscription(Image, 'g5/belief', beliefs.append, 100)
-    pub = probe.node.create_publisher(CompressedImage, 'g5/camera', 10)
+    pub = probe.node.create_publisher(CompressedImage, 'g5/camera/compressed', 10)
     try:
         graph.start('belief', NodeSpec('world_model_ctrl.belief', {
             'checkpoint': str(tiny_ckpt), 'compressed': True},
@@ -453,6 +454,59 @@ def test_compressed_garbage_is_dropped(domain, tiny_ckpt, tmp_path):
         probe.until(lambda: len(beliefs) >= 5, 60, 'beliefs from the good jpeg frames')
         assert 'dropping frame' in graph.output('belief')
         assert graph.alive('belief')
+    finally:
+        graph.stop()
+        probe.close()
+
+
+# --- no frames at all -------------------------------------------------------------------------
+
+def test_no_frames_warns_naming_the_topic_and_what_has_a_publisher(domain, tiny_ckpt, tmp_path):
+    """A compressed camera while the belief listens for raw frames: after 5 s without a frame
+    the warning names the topic and says what to set."""
+    graph = Graph(domain, tmp_path)
+    probe = Probe(domain, cmd_topic='g6/cmd_vel')
+    pub = probe.node.create_publisher(CompressedImage, 'g6/camera/compressed', 10)
+    probe.node.create_timer(0.2, lambda: pub.publish(CompressedImage(format='jpeg',
+                                                                     data=b'x')))
+    try:
+        graph.start('belief', NodeSpec('world_model_ctrl.belief', {'checkpoint': str(tiny_ckpt)},
+                                       {'belief': 'g6/belief', 'camera/image_raw': 'g6/camera'}))
+        probe.until(lambda: 'no camera frames' in graph.output('belief'), 30,
+                    'the no-frames warning')
+        out = graph.output('belief')
+        assert re.search(r'no camera frames on /g6/camera for [56] s', out), out
+        assert '/g6/camera/compressed has a publisher: set compressed:=true' in out, out
+        assert 'g6/belief' not in out.split('no camera frames')[1]      # not a camera
+        probe.spin(2.0)
+        assert out.count('no camera frames') == graph.output('belief').count(
+            'no camera frames') == 1                                    # at most every 30 s
+    finally:
+        graph.stop()
+        probe.close()
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'png'])
+def test_monitor_scores_compressed_frames(domain, tmp_path, fmt):
+    """compressed:=true: the monitor listens on <camera>/compressed like the belief node."""
+    import cv2
+    from std_msgs.msg import Float32
+    graph = Graph(domain, tmp_path)
+    probe = Probe(domain, cmd_topic='g7/cmd_vel')
+    scores = []
+    probe.node.create_subscription(Float32, 'g7/score', scores.append, 10)
+    pub = probe.node.create_publisher(CompressedImage, 'g7/camera/compressed', 10)
+    ok, data = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png',
+                            probe.world.render()[:, :, ::-1])         # OpenCV wants BGR
+    probe.node.create_timer(0.1, lambda: pub.publish(CompressedImage(format=fmt,
+                                                                     data=bytes(data))))
+    try:
+        graph.start('monitor', NodeSpec('world_model_ctrl.image_monitor', {
+            'checkpoint': str(default_checkpoint('prior.pt')), 'rate_hz': 5.0,
+            'compressed': True}, {'camera/image_raw': 'g7/camera',
+                                  'image_monitor/score': 'g7/score'}))
+        probe.until(lambda: len(scores) >= 3, 60, 'scores of compressed frames')
+        assert 'dropping frame' not in graph.output('monitor')
     finally:
         graph.stop()
         probe.close()

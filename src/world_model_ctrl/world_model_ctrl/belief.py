@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
 
+from world_model_ctrl.camera import FrameWatch, subscribe_camera
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_action_fields
 from world_model_ctrl.paths import resolve_checkpoint
@@ -31,7 +31,8 @@ class BeliefNode(Node):
         super().__init__('belief', **kwargs)
         self.declare_parameter('checkpoint', 'shipped')
         self.declare_parameter('device', 'cpu')
-        self.declare_parameter('compressed', False)       # subscribe CompressedImage instead
+        # subscribe <camera topic>/compressed (sensor_msgs/CompressedImage, jpeg or png)
+        self.declare_parameter('compressed', False)
         self.declare_parameter('cmd_vel_stamped', False)
         self.declare_parameter('action_fields', ['linear.x', 'linear.y'])
         self.declare_parameter('threads', 1)
@@ -63,10 +64,10 @@ class BeliefNode(Node):
         cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
         self.create_subscription(cmd_type, 'cmd_vel', self.on_cmd, 10)
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
-        img_type = CompressedImage if p('compressed').value else Image
-        self.create_subscription(img_type, 'camera/image_raw', self.on_image,
-                                 qos_profile_sensor_data)
-        self.get_logger().info(f'belief from {ckpt} on {self.device}')
+        compressed = bool(p('compressed').value)
+        topic = subscribe_camera(self, self.on_image, compressed)
+        self.frames = FrameWatch(self, topic, compressed, [self.pub.topic_name])
+        self.get_logger().info(f'belief from {ckpt} on {self.device}, camera {topic}')
 
         if self.cmd_sync:
             self.create_timer(self.sync_timeout / 2, self.flush_pending)
@@ -88,6 +89,7 @@ class BeliefNode(Node):
         self.first = True
 
     def on_image(self, msg):
+        self.frames.frame()
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if self.cmd_sync and stamp == self.last_stamp:
             # A lockstep sim re-sends a frame when its loop stalled: something downstream was

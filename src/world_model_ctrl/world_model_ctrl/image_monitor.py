@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32
 
+from world_model_ctrl.camera import subscribe_camera
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diffusion import PriorModel
@@ -38,6 +37,7 @@ class ImageMonitorNode(Node):
         self.declare_parameter('hold_s', 1.0)
         self.declare_parameter('release_s', 1.0)
         self.declare_parameter('threads', 1)
+        self.declare_parameter('compressed', False)   # <camera topic>/compressed, as belief
         p = self.get_parameter
         require_positive('rate_hz', p('rate_hz').value)
         for name in ('threshold', 'hold_s', 'release_s'):
@@ -58,8 +58,7 @@ class ImageMonitorNode(Node):
         self.pub_score = self.create_publisher(Float32, 'image_monitor/score', 10)
         self.pub_stop = self.create_publisher(Bool, 'planner/stop', 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_subscription(Image, 'camera/image_raw', self.on_image,
-                                 qos_profile_sensor_data)
+        subscribe_camera(self, self.on_image, bool(p('compressed').value))
         self.create_timer(1.0 / p('rate_hz').value, self.on_timer)
         self.get_logger().info(f'monitoring with {ckpt}, threshold {self.threshold:.4g}')
 
