@@ -201,7 +201,7 @@ class BagWriter:
 
 
 def metadata_yaml(writer: Writer) -> str:
-    """metadata.yaml text of ``writer`` now: what ``rosbags`` ``Writer.close`` writes at the end."""
+    """metadata.yaml text of ``writer`` now: what rosbags' ``Writer.close`` writes at the end."""
     path = writer.storage.path
     count = sum(writer.counts.values())
     start = writer.min_timestamp if count else 0
@@ -330,7 +330,8 @@ class _McapTail:
         stats = struct.pack('<QHIIIIQQI', count, len(st.schemas), len(st.channels), 0, 0,
                             len(st.chunks), st.message_start_time if count else 0,
                             st.message_end_time if count else 0, 10 * len(st.channel_stats))
-        stats += b''.join(struct.pack('<HQ', cid, n) for cid, n in sorted(st.channel_stats.items()))
+        stats += b''.join(struct.pack('<HQ', cid, n)
+                          for cid, n in sorted(st.channel_stats.items()))
         pos = self.cut.tell()
         self.file.write(_mcap_tail(pos, schemas.getvalue(), channels.getvalue(),
                                    bytes(self._indexes), stats))
@@ -339,7 +340,7 @@ class _McapTail:
         self.cut.tail_at = pos
 
 
-# --- reading what a killed writer left ------------------------------------------------------------
+# --- reading what a killed writer left ---------------------------------------------------------
 
 class Recovered:
     """A readable stand-in for a bag a writer was killed in (pass ``path`` to AnyReader)."""

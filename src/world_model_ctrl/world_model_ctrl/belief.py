@@ -78,7 +78,7 @@ class BeliefNode(Node):
             self.last_action = action
         else:
             self.get_logger().warning(f'ignoring non-finite command {action.tolist()}: keeping '
-                                   f'{self.last_action.tolist()}', throttle_duration_sec=5.0)
+                                      f'{self.last_action.tolist()}', throttle_duration_sec=5.0)
         self.new_cmd = True
         if self.pending is not None:
             self.filter(self.pending[0])
@@ -125,7 +125,7 @@ class BeliefNode(Node):
         h, mean, std = self.model.step(self.h, x, a)
         if not all(bool(torch.isfinite(t).all()) for t in (h, mean, std)):
             self.get_logger().warning('filter state turned non-finite: resetting it (no belief '
-                                   'for this frame)', throttle_duration_sec=5.0)
+                                      'for this frame)', throttle_duration_sec=5.0)
             self.on_reset(None)
             return
         self.h = h

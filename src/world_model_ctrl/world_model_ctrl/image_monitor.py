@@ -86,7 +86,7 @@ class ImageMonitorNode(Node):
         score = float(self.model.ood_score(x)[0])
         if not np.isfinite(score):
             self.get_logger().warning('non-finite OOD score: treating the frame as unfamiliar',
-                                   throttle_duration_sec=5.0)
+                                      throttle_duration_sec=5.0)
             score = float('inf')
         return score
 
@@ -98,7 +98,7 @@ class ImageMonitorNode(Node):
             if not self.stopped and now - self.above_since >= self.hold:
                 self.stopped = True
                 self.get_logger().warning(f'unfamiliar camera frames (score {score:.3g} > '
-                                       f'{self.threshold:.3g}): stopping the planner')
+                                          f'{self.threshold:.3g}): stopping the planner')
         else:
             self.above_since = None
             self.below_since = self.below_since or now

@@ -118,8 +118,8 @@ class PlannerNode(Node):
             return
         if mean.shape != (self.model.config.latent_dim,):
             self.get_logger().warning(f'dropping belief of size {mean.size}: the model has '
-                                   f'{self.model.config.latent_dim} latents',
-                                   throttle_duration_sec=5.0)
+                                      f'{self.model.config.latent_dim} latents',
+                                      throttle_duration_sec=5.0)
             return
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
             self.get_logger().warning('non-finite belief: holding zero', throttle_duration_sec=5.0)
@@ -155,7 +155,7 @@ class PlannerNode(Node):
         if self.require_monitor and (self.monitor_seen is None or
                                      time.monotonic() - self.monitor_seen > self.monitor_timeout):
             self.get_logger().warning(f'image monitor silent for over {self.monitor_timeout} s: '
-                                   'holding zero until it is back', throttle_duration_sec=5.0)
+                                      'holding zero until it is back', throttle_duration_sec=5.0)
             return True
         return False
 
@@ -202,7 +202,7 @@ class PlannerNode(Node):
         action = np.asarray(action, np.float64).reshape(-1)
         if action.shape != self.low.shape or not np.all(np.isfinite(action)):
             self.get_logger().warning(f'non-finite or malformed command {action}: publishing zero',
-                                   throttle_duration_sec=5.0)
+                                      throttle_duration_sec=5.0)
             action = np.zeros_like(self.low)
         action = np.clip(action, self.low, self.high)
         if action.any() and self.holding():
