@@ -3,6 +3,10 @@
     ros2 launch world_model_ctrl control.launch.py
     ros2 launch world_model_ctrl control.launch.py use_sim:=false \
         image_topic:=/my_cam/image_raw cmd_vel_topic:=/my_robot/cmd_vel checkpoint:=/path/ssm.pt
+    ros2 launch world_model_ctrl control.launch.py namespace:=robot1   # /robot1/camera/image_raw,
+                                                                        # /robot1/cmd_vel, ...
+Topics default to relative names, so a namespace moves all of them (not /clock, /diagnostics);
+config/*.yaml use `/**/node:` keys, so they apply under any namespace.
 
 `wmc up` starts the same graph where launch_ros is not installed (world_model_ctrl/graph.py).
 """
@@ -18,12 +22,14 @@ from launch_ros.actions import Node
 ARGS = {
     'checkpoint': ('shipped', "world-model checkpoint ('shipped' = this package's model)"),
     'device': ('cpu', 'torch device for belief and planner: auto | cpu | cuda'),
-    'image_topic': ('/camera/image_raw', 'camera topic (sensor_msgs/Image)'),
-    'cmd_vel_topic': ('/cmd_vel', 'velocity command topic'),
+    'image_topic': ('camera/image_raw',
+                    'camera topic (sensor_msgs/Image); relative names resolve in namespace'),
+    'cmd_vel_topic': ('cmd_vel', 'velocity command topic; relative names resolve in namespace'),
     'cmd_vel_stamped': ('false', 'publish/subscribe geometry_msgs/TwistStamped'),
+    'compressed': ('false', 'camera as sensor_msgs/CompressedImage on <image_topic>/compressed'),
     'use_sim': ('true', 'start room_sim'),
     'use_sim_time': ('false', 'use /clock'),
-    'namespace': ('', 'namespace of all nodes'),
+    'namespace': ('', "namespace of all nodes and their relative topics ('robot1' or '/robot1')"),
     'monitor': ('false', 'start image_monitor (DDPM prior): stops the planner on odd frames'),
     'prior_checkpoint': ('shipped', "image prior checkpoint ('shipped' = this package's)"),
 }
@@ -44,7 +50,9 @@ def generate_launch_description():
              namespace=arg('namespace'), parameters=[sim, common], remappings=remaps,
              condition=IfCondition(arg('use_sim'))),
         Node(package='world_model_ctrl', executable='belief', name='belief',
-             namespace=arg('namespace'), parameters=[control, model], remappings=remaps),
+             namespace=arg('namespace'),
+             parameters=[control, {**model, 'compressed': arg('compressed')}],
+             remappings=remaps),
         # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
         Node(package='world_model_ctrl', executable='planner', name='planner',
              namespace=arg('namespace'),
@@ -54,7 +62,8 @@ def generate_launch_description():
              namespace=arg('namespace'),
              parameters=[control, {'checkpoint': arg('prior_checkpoint'),
                                    'device': arg('device'),
-                                   'use_sim_time': arg('use_sim_time')}],
+                                   'use_sim_time': arg('use_sim_time'),
+                                   'compressed': arg('compressed')}],
              remappings=[('camera/image_raw', arg('image_topic'))],
              condition=IfCondition(arg('monitor'))),
     ])

@@ -21,7 +21,7 @@ from world_model_ctrl.procs import ros_env
 
 def _params_without_watchdog(tmp_path):
     params = yaml.safe_load(config_file('control.yaml').read_text())
-    params['planner']['ros__parameters']['belief_timeout'] = 30.0
+    params['/**/planner']['ros__parameters']['belief_timeout'] = 30.0
     path = tmp_path / 'control.yaml'
     path.write_text(yaml.safe_dump(params))
     return path
@@ -91,7 +91,8 @@ def test_every_node_survives_a_signal_storm_and_exits_0(tmp_path):
     env = ros_env(unique_domain())
     nodes = {name: NodeSpec(module) for name, module in (
         ('room_sim', 'room_sim.node'), ('belief', 'world_model_ctrl.belief'),
-        ('planner', 'world_model_ctrl.planner'), ('image_monitor', 'world_model_ctrl.image_monitor'))}
+        ('planner', 'world_model_ctrl.planner'),
+        ('image_monitor', 'world_model_ctrl.image_monitor'))}
     procs, logs = {}, {}
     for name, spec in nodes.items():
         logs[name] = open(tmp_path / f'{name}.log', 'w+')

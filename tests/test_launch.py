@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from world_model_ctrl.cli import build_parser
 from world_model_ctrl.graph import LAUNCH_ARGS, control_graph
-from world_model_ctrl.paths import share_dir
+from world_model_ctrl.paths import config_file, share_dir
+from world_model_ctrl.procs import NodeSpec
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'control.launch.py'
 
@@ -89,6 +91,8 @@ def up_graph(args: dict) -> list[tuple]:
      'cmd_vel_stamped': 'true', 'namespace': 'robot1', 'checkpoint': '/models/ssm.pt',
      'device': 'cuda', 'use_sim_time': 'true', 'monitor': 'true',
      'prior_checkpoint': '/models/prior.pt'},
+    {'namespace': '/robot2'},
+    {'namespace': 'robot1', 'use_sim': 'false', 'monitor': 'true', 'compressed': 'true'},
 ])
 def test_launch_file_and_wmc_up_describe_the_same_graph(args, monkeypatch):
     declared, launched = launched_graph(args, monkeypatch)
@@ -104,3 +108,42 @@ def test_graph_params_files_exist_and_unknown_args_fail():
         assert all(Path(f).is_file() for f in spec.params_files)
     with pytest.raises(ValueError, match='unknown launch arguments'):
         control_graph({'image_topik': '/x'})
+
+
+def test_default_topics_are_relative_so_a_namespace_moves_them():
+    assert LAUNCH_ARGS['image_topic'] == 'camera/image_raw'
+    assert LAUNCH_ARGS['cmd_vel_topic'] == 'cmd_vel'
+    up = build_parser().parse_args(['up'])
+    assert (up.image_topic, up.cmd_vel_topic) == ('camera/image_raw', 'cmd_vel')
+    for _, _, spec in control_graph({'monitor': 'true'}):
+        assert not any(v.startswith('/') for v in spec.remaps.values()), spec.remaps
+
+
+@pytest.mark.parametrize('ns, expect', [
+    ('robot1', '/robot1'), ('/robot1', '/robot1'), ('/robot1/', '/robot1'),
+    ('fleet/robot1', '/fleet/robot1'), ('', None), ('/', None)])
+def test_node_argv_passes_a_fully_qualified_namespace(ns, expect):
+    argv = NodeSpec('m', name='planner', namespace=ns).argv()
+    rules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '-r']
+    got = [r for r in rules if r.startswith('__ns:=')]
+    assert got == ([f'__ns:={expect}'] if expect else [])
+
+
+@pytest.mark.parametrize('name', ['control.yaml', 'sim.yaml', 'record.yaml'])
+def test_params_files_apply_under_any_namespace(name):
+    """`planner:` would only match /planner; `/**/planner:` matches it in every namespace."""
+    keys = list(yaml.safe_load(config_file(name).read_text()))
+    assert keys and all(k.startswith('/**/') for k in keys), keys
+    if name != 'record.yaml':
+        nodes = {spec.name for _, _, spec in control_graph({'monitor': 'true'})
+                 if str(config_file(name)) in map(str, spec.params_files)}
+        assert nodes and nodes <= {k[len('/**/'):] for k in keys}
+
+
+def test_compressed_reaches_belief_and_monitor_only():
+    graph = {exe: spec for _, exe, spec in control_graph({'compressed': 'true',
+                                                          'monitor': 'true'})}
+    assert graph['belief'].params['compressed'] is True
+    assert graph['image_monitor'].params['compressed'] is True
+    assert 'compressed' not in graph['planner'].params
+    assert all(not spec.params.get('compressed') for _, _, spec in control_graph())

@@ -210,12 +210,22 @@ def cmd_up(a) -> int:
     from world_model_ctrl.checkpoint import load_checkpoint
     from world_model_ctrl.graph import control_graph
     from world_model_ctrl.paths import resolve_checkpoint
-    from world_model_ctrl.procs import NodeGroup, ros_env
+    from world_model_ctrl.procs import NodeGroup, fully_qualified_namespace, ros_env
+    namespace = fully_qualified_namespace(a.namespace)
+    if namespace != '/':
+        from rclpy.validate_namespace import validate_namespace
+        try:
+            validate_namespace(namespace)
+        except Exception as e:      # InvalidNamespaceException: one line, before any node
+            why = str(e).splitlines()[0].rstrip(': ')
+            print(f'wmc up: bad --namespace {a.namespace!r}: {why}', file=sys.stderr)
+            return 2
     args = {'checkpoint': a.checkpoint or 'shipped', 'device': a.device,
             'use_sim': 'false' if a.no_sim else 'true', 'image_topic': a.image_topic,
             'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
-            'namespace': a.namespace, 'monitor': str(a.monitor).lower(),
-            'prior_checkpoint': a.prior_checkpoint or 'shipped'}
+            'namespace': '' if namespace == '/' else namespace, 'monitor': str(a.monitor).lower(),
+            'prior_checkpoint': a.prior_checkpoint or 'shipped',
+            'compressed': str(a.compressed).lower()}
     graph = control_graph(args, params_file=a.params)
     # Refuse a missing, foreign or non-finite checkpoint here, before any node starts.
     load_checkpoint(resolve_checkpoint(args['checkpoint'], 'ssm.pt'), 'ssm')
@@ -361,10 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', help='SSM checkpoint (default: shipped)')
     p.add_argument('--no-sim', action='store_true', help='do not start room_sim (real robot)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--image-topic', default='/camera/image_raw')
-    p.add_argument('--cmd-vel-topic', default='/cmd_vel')
+    p.add_argument('--image-topic', default='camera/image_raw',
+                   help='camera topic; a relative name resolves in --namespace')
+    p.add_argument('--cmd-vel-topic', default='cmd_vel',
+                   help='command topic; a relative name resolves in --namespace')
     p.add_argument('--cmd-vel-stamped', action='store_true')
-    p.add_argument('--namespace', default='')
+    p.add_argument('--compressed', action='store_true',
+                   help='camera as CompressedImage on <image topic>/compressed (jpeg or png)')
+    p.add_argument('--namespace', default='',
+                   help="namespace of every node and relative topic: 'robot1' or '/robot1'")
     p.add_argument('--monitor', action='store_true',
                    help='start image_monitor: the DDPM prior stops the planner on odd frames')
     p.add_argument('--prior-checkpoint', help='image prior checkpoint (default: shipped)')

@@ -20,12 +20,13 @@ EXECUTABLES = {
 LAUNCH_ARGS = {
     'checkpoint': 'shipped',
     'device': 'cpu',
-    'image_topic': '/camera/image_raw',
-    'cmd_vel_topic': '/cmd_vel',
+    'image_topic': 'camera/image_raw',     # relative: resolved in the graph's namespace
+    'cmd_vel_topic': 'cmd_vel',
     'cmd_vel_stamped': 'false',
+    'compressed': 'false',                  # camera as CompressedImage on <image_topic>/compressed
     'use_sim': 'true',
     'use_sim_time': 'false',
-    'namespace': '',
+    'namespace': '',                        # 'robot1' or '/robot1'; '' = the root
     'monitor': 'false',
     'prior_checkpoint': 'shipped',
 }
@@ -52,16 +53,17 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
     if _bool(a['use_sim']):
         nodes.append(('room_sim', 'room_sim', NodeSpec(
             'room_sim.node', dict(common), dict(remaps), [sim], 'room_sim')))
-    for exe in ('belief', 'planner'):
+    compressed = {'compressed': _bool(a['compressed'])}
+    for exe, params in (('belief', {**model, **compressed}), ('planner', dict(model))):
         nodes.append(('world_model_ctrl', exe, NodeSpec(
-            EXECUTABLES[('world_model_ctrl', exe)], dict(model), dict(remaps), [control], exe)))
+            EXECUTABLES[('world_model_ctrl', exe)], params, dict(remaps), [control], exe)))
     # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
     nodes[-1][2].params['require_monitor'] = _bool(a['monitor'])
     if _bool(a['monitor']):
         nodes.append(('world_model_ctrl', 'image_monitor', NodeSpec(
             EXECUTABLES[('world_model_ctrl', 'image_monitor')],
             {'checkpoint': a['prior_checkpoint'], 'device': a['device'],
-             'use_sim_time': common['use_sim_time']},
+             'use_sim_time': common['use_sim_time'], **compressed},
             {'camera/image_raw': a['image_topic']}, [control], 'image_monitor')))
     for _, _, spec in nodes:
         spec.namespace = a['namespace']

@@ -20,6 +20,13 @@ def ros_env(domain_id: int | None = None) -> dict:
     return env
 
 
+def fully_qualified_namespace(ns: str | None) -> str:
+    """'robot1', '/robot1' and '/robot1/' -> '/robot1'; '' and '/' -> '/' (what launch_ros does
+    with a relative namespace at the top level of a launch file)."""
+    ns = (ns or '').strip().strip('/')
+    return '/' + ns
+
+
 @dataclass
 class NodeSpec:
     """One node: its Python module (with a ``main``), parameters, remappings, params files."""
@@ -35,8 +42,9 @@ class NodeSpec:
         args = [sys.executable, '-m', self.module, '--ros-args']
         if self.name:
             args += ['-r', f'__node:={self.name}']
-        if self.namespace:
-            args += ['-r', f'__ns:={self.namespace}']
+        ns = fully_qualified_namespace(self.namespace)
+        if ns != '/':
+            args += ['-r', f'__ns:={ns}']       # rcl refuses a relative __ns
         for f in self.params_files:
             args += ['--params-file', str(f)]
         for k, v in self.params.items():
