@@ -203,14 +203,14 @@ def test_an_exception_in_a_callback_does_not_stop_the_node(tmp_path):
     import time
     proc = subprocess.Popen([sys.executable, '-c', CRASHY_NODE], env=ros_env(unique_domain()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(2.0)
+    time.sleep(4.0)                                     # start-up (1-3 s) + ticking
     assert proc.poll() is None, 'the node died of its callback:\n' + proc.communicate()[0]
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=20)[0]
     assert proc.returncode == 0
     assert 'callback failed: RuntimeError: bug in tick 1' in out
     ticks = int(out.split('ticks ')[-1].split()[0])
-    assert ticks >= 20                                  # it kept spinning: ~2 s at 20 Hz
+    assert ticks >= 10                  # it kept spinning after the first failure (20 Hz)
 
 
 def test_explorer_interrupted_mid_recording_leaves_zero(tmp_path):
