@@ -86,7 +86,6 @@ class PlannerNode(Node):
             self.cem.plan(self.rollout, torch.zeros(z), torch.ones(z))
         self.cem.reset()
         self.belief = None                  # (mean, std, header, arrival time)
-        self.new_belief = False
         self.reset_plan = False             # drop the warm start before the next plan
         self.stop_requested = False
         self.monitor_seen = None            # monotonic time of the last planner/stop message
@@ -129,7 +128,6 @@ class PlannerNode(Node):
             return
         with self.lock:
             self.belief = (mean, std, msg.header, arrived)
-            self.new_belief = True
         if self.trigger == 'belief':
             self.plan_and_publish()
 
@@ -178,7 +176,6 @@ class PlannerNode(Node):
             if self.belief is None:
                 return
             mean, std, header, _ = self.belief
-            self.new_belief = False
         if self.must_hold():
             self.publish(np.zeros(len(self.fields)), header)
             return
