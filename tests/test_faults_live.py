@@ -161,6 +161,43 @@ def test_malformed_frame_is_dropped_and_the_belief_node_lives(live, kind):
     assert time.monotonic() - t < 10
 
 
+def _status(arrays, name):
+    """The newest DiagnosticStatus called ``name`` with its values as a dict, or None."""
+    for arr in reversed(arrays):
+        for st in arr.status:
+            if st.name == name:
+                return st, {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def test_diagnostics_count_frames_and_report_holding(live):
+    """belief and planner on /diagnostics: the belief's frame count follows what the camera
+    sent; the planner says it plans, and why it holds zero once the camera stalls."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    graph, probe = live
+    diags = []
+    probe.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 100)
+    probe.until(lambda: _status(diags, 'world_model_ctrl: belief'), 10, 'belief diagnostics')
+    st, v0 = _status(diags, 'world_model_ctrl: belief')
+    sent0, n = probe.frames_sent, len(diags)
+    probe.spin(3.0)
+    st, v1 = _status(diags[n:], 'world_model_ctrl: belief')
+    received = int(v1['frames_received']) - int(v0['frames_received'])
+    sent = probe.frames_sent - sent0
+    assert 0.8 * sent <= received <= sent + 3, (received, sent)     # reports lag <= 1 s
+    assert int(v1['frames_filtered']) <= int(v1['frames_received'])
+    assert st.level == DiagnosticStatus.OK and v1['camera_topic'] == '/camera/image_raw'
+    pst, pv = _status(diags, 'world_model_ctrl: planner')
+    assert pst.level == DiagnosticStatus.OK and pst.message == 'planning'
+    assert int(pv['plans']) > 0 and float(pv['plan_ms']) > 0
+    probe.camera(None)
+    n = len(diags)
+    probe.until(lambda: (_status(diags[n:], 'world_model_ctrl: planner') or (0, {}))[1].get(
+        'holding') == 'belief stale', 5, 'the planner to report a stale belief')
+    assert _status(diags[n:], 'world_model_ctrl: planner')[0].level == DiagnosticStatus.WARN
+    probe.camera(15.0)
+
+
 @pytest.mark.parametrize('value', ['nan', 'inf'])
 def test_non_finite_command_is_ignored_by_the_belief(live, value):
     graph, probe = live
@@ -493,8 +530,10 @@ def test_monitor_scores_compressed_frames(domain, tmp_path, fmt):
     from std_msgs.msg import Float32
     graph = Graph(domain, tmp_path)
     probe = Probe(domain, cmd_topic='g7/cmd_vel')
-    scores = []
+    from diagnostic_msgs.msg import DiagnosticArray
+    scores, diags = [], []
     probe.node.create_subscription(Float32, 'g7/score', scores.append, 10)
+    probe.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
     pub = probe.node.create_publisher(CompressedImage, 'g7/camera/compressed', 10)
     ok, data = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png',
                             probe.world.render()[:, :, ::-1])         # OpenCV wants BGR
@@ -507,6 +546,9 @@ def test_monitor_scores_compressed_frames(domain, tmp_path, fmt):
                                   'image_monitor/score': 'g7/score'}))
         probe.until(lambda: len(scores) >= 3, 60, 'scores of compressed frames')
         assert 'dropping frame' not in graph.output('monitor')
+        probe.until(lambda: _status(diags, 'world_model_ctrl: image_monitor'), 5, 'diagnostics')
+        st, values = _status(diags, 'world_model_ctrl: image_monitor')
+        assert any(float(values['score']) == pytest.approx(x.data, rel=1e-4) for x in scores)
     finally:
         graph.stop()
         probe.close()

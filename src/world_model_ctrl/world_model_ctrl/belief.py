@@ -15,8 +15,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
 
-from world_model_ctrl.camera import FrameWatch, subscribe_camera
+from world_model_ctrl.camera import NO_FRAMES_AFTER, FrameWatch, subscribe_camera
 from world_model_ctrl.data import image_to_rgb
+from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
 from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_action_fields
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
@@ -67,6 +68,12 @@ class BeliefNode(Node):
         compressed = bool(p('compressed').value)
         topic = subscribe_camera(self, self.on_image, compressed)
         self.frames = FrameWatch(self, topic, compressed, [self.pub.topic_name])
+        # counted since start: what /diagnostics reports (every second)
+        self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_dropped',
+                                     'nonfinite_commands', 'state_resets'), 0)
+        self.processing_ms = 0.0
+        self.diag = Diagnostics(self, 'belief', hardware_id=topic)
+        self.create_timer(1.0, self.report)
         self.get_logger().info(f'belief from {ckpt} on {self.device}, camera {topic}')
 
         if self.cmd_sync:
@@ -77,6 +84,7 @@ class BeliefNode(Node):
         if np.all(np.isfinite(action)):
             self.last_action = action
         else:
+            self.counts['nonfinite_commands'] += 1
             self.get_logger().warning(f'ignoring non-finite command {action.tolist()}: keeping '
                                       f'{self.last_action.tolist()}', throttle_duration_sec=5.0)
         self.new_cmd = True
@@ -90,6 +98,7 @@ class BeliefNode(Node):
 
     def on_image(self, msg):
         self.frames.frame()
+        self.counts['frames_received'] += 1
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if self.cmd_sync and stamp == self.last_stamp:
             # A lockstep sim re-sends a frame when its loop stalled: something downstream was
@@ -114,6 +123,7 @@ class BeliefNode(Node):
         try:
             rgb = image_to_rgb(msg, self.size)
         except ValueError as e:
+            self.counts['frames_dropped'] += 1
             self.get_logger().warning(f'dropping frame: {e}', throttle_duration_sec=5.0)
             return
         if self.first:                    # nothing led to an episode's first frame
@@ -126,13 +136,24 @@ class BeliefNode(Node):
         if not all(bool(torch.isfinite(t).all()) for t in (h, mean, std)):
             self.get_logger().warning('filter state turned non-finite: resetting it (no belief '
                                       'for this frame)', throttle_duration_sec=5.0)
+            self.counts['state_resets'] += 1
             self.on_reset(None)
             return
         self.h = h
         self.last_belief = belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
                                          msg.header)
         self.pub.publish(self.last_belief)
-        self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
+        self.processing_ms = (time.perf_counter() - t0) * 1e3
+        self.pub_ms.publish(Float32(data=self.processing_ms))
+        self.counts['frames_filtered'] += 1
+
+    def report(self):
+        age = time.monotonic() - self.frames.last
+        quiet = age >= NO_FRAMES_AFTER
+        self.diag.publish(WARN if quiet else OK,
+                          f'no camera frames for {int(age)} s' if quiet else 'filtering',
+                          {**self.counts, 'processing_ms': self.processing_ms,
+                           'last_frame_age_s': age, 'camera_topic': self.frames.topic})
 
 
 def main(args=None):

@@ -12,13 +12,13 @@ import time
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float32
 
 from world_model_ctrl.camera import subscribe_camera
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.data import image_to_rgb
+from world_model_ctrl.diagnostics import ERROR, OK, WARN, Diagnostics
 from world_model_ctrl.diffusion import PriorModel
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
@@ -57,7 +57,7 @@ class ImageMonitorNode(Node):
         self.stopped = False
         self.pub_score = self.create_publisher(Float32, 'image_monitor/score', 10)
         self.pub_stop = self.create_publisher(Bool, 'planner/stop', 10)
-        self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.diag = Diagnostics(self, 'image_monitor', hardware_id='camera')
         subscribe_camera(self, self.on_image, bool(p('compressed').value))
         self.create_timer(1.0 / p('rate_hz').value, self.on_timer)
         self.get_logger().info(f'monitoring with {ckpt}, threshold {self.threshold:.4g}')
@@ -106,17 +106,10 @@ class ImageMonitorNode(Node):
                 self.stopped = False
                 self.get_logger().info('frames look familiar again: releasing the planner')
         self.pub_score.publish(Float32(data=score))
-        level = DiagnosticStatus.ERROR if self.stopped else (
-            DiagnosticStatus.WARN if score > self.threshold else DiagnosticStatus.OK)
-        status = DiagnosticStatus(level=level, name='world_model_ctrl: image_monitor',
-                                  message='planner stopped: unfamiliar frames' if self.stopped
-                                  else 'frames look familiar' if level == DiagnosticStatus.OK
-                                  else 'unusual frame', hardware_id='camera')
-        status.values = [KeyValue(key='score', value=f'{score:.6g}'),
-                         KeyValue(key='threshold', value=f'{self.threshold:.6g}')]
-        diag = DiagnosticArray(status=[status])
-        diag.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(diag)
+        level = ERROR if self.stopped else WARN if score > self.threshold else OK
+        self.diag.publish(level, 'planner stopped: unfamiliar frames' if self.stopped
+                          else 'frames look familiar' if level == OK else 'unusual frame',
+                          {'score': score, 'threshold': self.threshold})
 
 
 def main(args=None):

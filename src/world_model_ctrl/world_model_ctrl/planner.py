@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, Header
 
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
+from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
 from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_from_action
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
@@ -103,6 +104,12 @@ class PlannerNode(Node):
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         self.period = 1.0 / p('rate_hz').value
         self.create_timer(self.period, self.on_timer)
+        # counted since start: what /diagnostics reports (every second)
+        self.counts = dict.fromkeys(('plans', 'commands', 'zero_while_holding',
+                                     'nonfinite_beliefs', 'nonfinite_plans'), 0)
+        self.plan_ms = 0.0
+        self.diag = Diagnostics(self, 'planner')
+        self.create_timer(1.0, self.report)
         self.halt = threading.Event()
         threading.Thread(target=self.watchdog, name='planner_watchdog', daemon=True).start()
         self.get_logger().info(f'planner from {ckpt} on {self.device}, trigger={self.trigger}')
@@ -121,6 +128,7 @@ class PlannerNode(Node):
                                       throttle_duration_sec=5.0)
             return
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
+            self.counts['nonfinite_beliefs'] += 1
             self.get_logger().warning('non-finite belief: holding zero', throttle_duration_sec=5.0)
             with self.lock:
                 self.belief = None          # stale from now on: the watchdog holds zero
@@ -150,12 +158,16 @@ class PlannerNode(Node):
         """Zero regardless of the belief: a stop request, or a required monitor fell silent."""
         if self.stop_requested:
             return True
-        if self.require_monitor and (self.monitor_seen is None or
-                                     time.monotonic() - self.monitor_seen > self.monitor_timeout):
+        if self.monitor_silent():
             self.get_logger().warning(f'image monitor silent for over {self.monitor_timeout} s: '
                                       'holding zero until it is back', throttle_duration_sec=5.0)
             return True
         return False
+
+    def monitor_silent(self) -> bool:
+        return self.require_monitor and (
+            self.monitor_seen is None
+            or time.monotonic() - self.monitor_seen > self.monitor_timeout)
 
     def holding(self) -> bool:
         return self.must_hold() or self.stale()
@@ -165,6 +177,7 @@ class PlannerNode(Node):
         while not self.halt.wait(self.period):
             if self.holding():
                 self.reset_plan = self.belief is not None
+                self.counts['zero_while_holding'] += 1
                 self.publish(np.zeros(len(self.fields)))
 
     def on_timer(self):
@@ -188,9 +201,12 @@ class PlannerNode(Node):
                                 torch.from_numpy(std))
         action = res.action.cpu().numpy()
         if not np.all(np.isfinite(action)):
+            self.counts['nonfinite_plans'] += 1
             self.reset_plan = True          # never warm-start from a non-finite plan
         self.publish(action, header)
-        self.pub_ms.publish(Float32(data=(time.perf_counter() - t0) * 1e3))
+        self.plan_ms = (time.perf_counter() - t0) * 1e3
+        self.counts['plans'] += 1
+        self.pub_ms.publish(Float32(data=self.plan_ms))
         self.pub_ret.publish(Float32(data=float(res.predicted_return)))
 
     def publish(self, action, header=None, final=False):
@@ -211,6 +227,23 @@ class PlannerNode(Node):
                 return
             self.closed = final
             self.pub.publish(cmd_from_action(action, self.fields, self.stamped, header))
+            self.counts['commands'] += 1
+
+    def hold_reason(self) -> str:
+        if self.stop_requested:
+            return 'stop requested'
+        if self.monitor_silent():
+            return 'image monitor silent'
+        if self.belief is None:
+            return 'no belief'
+        return 'belief stale' if self.stale() else ''
+
+    def report(self):
+        reason = self.hold_reason()
+        age = time.monotonic() - self.belief[3] if self.belief is not None else -1.0
+        self.diag.publish(WARN if reason else OK, f'holding zero: {reason}' if reason
+                          else 'planning', {**self.counts, 'plan_ms': self.plan_ms,
+                                            'belief_age_s': age, 'holding': reason or 'no'})
 
     def stop_robot(self):
         """The final zero, on shutdown; waits until subscribers acknowledged it."""
