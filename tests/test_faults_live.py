@@ -175,16 +175,21 @@ def test_diagnostics_count_frames_and_report_holding(live):
     sent; the planner says it plans, and why it holds zero once the camera stalls."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     graph, probe = live
-    diags = []
-    probe.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 100)
-    probe.until(lambda: _status(diags, 'world_model_ctrl: belief'), 10, 'belief diagnostics')
-    st, v0 = _status(diags, 'world_model_ctrl: belief')
-    sent0, n = probe.frames_sent, len(diags)
+    diags, sent_at = [], []                 # each report with the frames sent when it came
+    probe.node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: (
+        diags.append(m), sent_at.append(probe.frames_sent)), 100)
+
+    def belief_reports():
+        return [(n, {kv.key: kv.value for kv in d.status[0].values}, d.status[0])
+                for n, d in zip(sent_at, diags) if d.status[0].name == 'world_model_ctrl: belief']
+    probe.until(lambda: belief_reports(), 10, 'belief diagnostics')
     probe.spin(3.0)
-    st, v1 = _status(diags[n:], 'world_model_ctrl: belief')
+    (sent0, v0, _), (sent1, v1, st) = belief_reports()[0], belief_reports()[-1]
     received = int(v1['frames_received']) - int(v0['frames_received'])
-    sent = probe.frames_sent - sent0
-    assert 0.8 * sent <= received <= sent + 3, (received, sent)     # reports lag <= 1 s
+    sent = sent1 - sent0
+    # between two reports the belief node counted what the camera sent (a frame or two in
+    # flight either way; 64x64 frames on one machine all arrive)
+    assert sent >= 30 and sent - 3 <= received <= sent + 3, (received, sent)
     assert int(v1['frames_filtered']) <= int(v1['frames_received'])
     assert st.level == DiagnosticStatus.OK and v1['camera_topic'] == '/camera/image_raw'
     pst, pv = _status(diags, 'world_model_ctrl: planner')
