@@ -67,7 +67,7 @@ class BeliefNode(Node):
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         compressed = bool(p('compressed').value)
         topic = subscribe_camera(self, self.on_image, compressed)
-        self.frames = FrameWatch(self, topic, compressed, [self.pub.topic_name])
+        self.frames = FrameWatch(self, topic, compressed)
         # counted since start: what /diagnostics reports (every second)
         self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_dropped',
                                      'nonfinite_commands', 'state_resets'), 0)

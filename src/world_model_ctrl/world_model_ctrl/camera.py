@@ -9,7 +9,7 @@ import time
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+from world_model_ctrl.data import IMAGE_TYPES
 NO_FRAMES_AFTER = 5.0       # s without a frame before the first warning
 WARN_EVERY = 30.0           # s between warnings while it lasts
 
@@ -27,9 +27,8 @@ def subscribe_camera(node, callback, compressed: bool) -> str:
 class FrameWatch:
     """Call ``frame()`` per frame; a timer on ``node`` warns while none has come for a while."""
 
-    def __init__(self, node, topic: str, compressed: bool, ignore=()):
+    def __init__(self, node, topic: str, compressed: bool):
         self.node, self.topic, self.compressed = node, topic, compressed
-        self.ignore = set(ignore)       # this node's own image outputs (e.g. belief)
         self.last = time.monotonic()    # counts from start-up
         self.warned = None
         node.create_timer(1.0, self.check)
@@ -53,9 +52,9 @@ class FrameWatch:
         base = self.topic[:-len('/compressed')] if self.compressed else self.topic
         hints = []
         for name, types in sorted(self.node.get_topic_names_and_types()):
-            if name == self.topic or name in self.ignore or not set(types) & set(IMAGE_TYPES):
+            if name == self.topic or not set(types) & set(IMAGE_TYPES):
                 continue
-            if name.rsplit('/', 1)[-1] == 'belief':     # beliefs travel as 32FC1 images
+            if name.rsplit('/', 1)[-1] == 'belief':     # beliefs (any node's) are 32FC1 images
                 continue
             if self.node.count_publishers(name) == 0:
                 continue

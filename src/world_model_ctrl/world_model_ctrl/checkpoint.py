@@ -48,8 +48,10 @@ def _plain(obj, where: str):
 def _first_nonfinite(obj, name: str) -> Optional[tuple[str, int]]:
     """(name, count) of the first float tensor in ``obj`` (nested dicts/lists) with NaN/inf."""
     if isinstance(obj, torch.Tensor):
-        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
-            return name, int(obj.numel() - torch.isfinite(obj).sum())
+        if obj.is_floating_point() or obj.is_complex():
+            finite = int(torch.isfinite(obj).sum())
+            if finite < obj.numel():
+                return name, obj.numel() - finite
         return None
     items = obj.items() if isinstance(obj, dict) else \
         enumerate(obj) if isinstance(obj, (list, tuple)) else ()

@@ -4,10 +4,8 @@ Against a lockstep room_sim it is the clock: every command advances the sim one 
 the sim (``room_sim/reset``) at the start of every episode and exits after ``episodes`` episodes.
 Stopped by SIGINT or SIGTERM (any number) it publishes a zero command last and exits 0.
 """
-import signal
 import struct
 import sys
-import threading
 
 import numpy as np
 import rclpy
@@ -15,13 +13,13 @@ from geometry_msgs.msg import PoseStamped, Twist
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 
 from world_model_ctrl.policies import POLICIES, make_policy
+from world_model_ctrl.spin import EXIT_BAD_CONFIG, init_owning_signals, shutdown_keeping_signals
 
 
 def stamp_ns(stamp) -> int:
@@ -118,16 +116,13 @@ class ExplorerNode(Node):
 
 
 def main(args=None) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = init_owning_signals(args)
     try:
         node = ExplorerNode()
     except Exception as e:      # bad parameter: one line, no traceback
         print(f'[ERROR] [explorer]: cannot start: {e}', file=sys.stderr)
-        rclpy.try_shutdown(uninstall_handlers=False)
-        return 2
+        shutdown_keeping_signals()
+        return EXIT_BAD_CONFIG
     try:
         while not stop.is_set() and not node.reset_client.wait_for_service(timeout_sec=1.0):
             node.get_logger().info('waiting for room_sim/reset ...')
@@ -147,9 +142,7 @@ def main(args=None) -> int:
         return 0
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(uninstall_handlers=False)   # as spin.run_node: later signals and
-        for sig in (signal.SIGINT, signal.SIGTERM):     # interpreter exit must not kill us
-            signal.signal(sig, signal.SIG_IGN)
+        shutdown_keeping_signals()
 
 
 if __name__ == '__main__':

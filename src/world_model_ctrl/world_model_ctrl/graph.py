@@ -54,11 +54,11 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
         nodes.append(('room_sim', 'room_sim', NodeSpec(
             'room_sim.node', dict(common), dict(remaps), [sim], 'room_sim')))
     compressed = {'compressed': _bool(a['compressed'])}
-    for exe, params in (('belief', {**model, **compressed}), ('planner', dict(model))):
+    # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
+    planner = {**model, 'require_monitor': _bool(a['monitor'])}
+    for exe, params in (('belief', {**model, **compressed}), ('planner', planner)):
         nodes.append(('world_model_ctrl', exe, NodeSpec(
             EXECUTABLES[('world_model_ctrl', exe)], params, dict(remaps), [control], exe)))
-    # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
-    nodes[-1][2].params['require_monitor'] = _bool(a['monitor'])
     if _bool(a['monitor']):
         nodes.append(('world_model_ctrl', 'image_monitor', NodeSpec(
             EXECUTABLES[('world_model_ctrl', 'image_monitor')],

@@ -12,16 +12,15 @@ dropped with a throttled warning and recording goes on; a bag that cannot be wri
     recorder --ros-args -p output:=run1 -p topics:="['/camera/image_raw', '/reward', '/cmd_vel']"
 """
 import importlib
-import signal
 import sys
 import time
 
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rclpy.signals import SignalHandlerOptions
 
 from world_model_ctrl.bag_writer import BagWriteError, BagWriter
+from world_model_ctrl.spin import EXIT_BAD_CONFIG, init_owning_signals, shutdown_keeping_signals
 
 
 def import_msg(msgtype: str):
@@ -118,19 +117,16 @@ class RecorderNode(Node):
 
 def main(args=None):
     # Own the signals: rclpy's default handler would shut the context before the bag is closed.
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(1))
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = init_owning_signals(args)
     try:
         node = RecorderNode()
     except Exception as e:      # bad parameter, existing output: one line, no traceback
         print(f'[ERROR] [recorder]: cannot start: {e}', file=sys.stderr)
-        rclpy.try_shutdown(uninstall_handlers=False)
-        return 2
+        shutdown_keeping_signals()
+        return EXIT_BAD_CONFIG
     rc = 0
     try:
-        while not stop:
+        while not stop.is_set():
             rclpy.spin_once(node, timeout_sec=0.1)
         # Drain what DDS has already delivered before closing: nothing received is lost.
         deadline = time.monotonic() + 3.0
@@ -154,9 +150,7 @@ def main(args=None):
             node.get_logger().info(f'closed {node.writer.path} with {total} messages'
                                    + (f' ({node.dropped} dropped)' if node.dropped else ''))
         node.destroy_node()
-        rclpy.try_shutdown(uninstall_handlers=False)   # a 2nd signal must not kill us ...
-        for sig in (signal.SIGINT, signal.SIGTERM):     # ... nor one during interpreter exit
-            signal.signal(sig, signal.SIG_IGN)
+        shutdown_keeping_signals()
     return rc
 
 

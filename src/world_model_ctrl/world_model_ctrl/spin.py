@@ -22,14 +22,30 @@ from rclpy.signals import SignalHandlerOptions
 EXIT_BAD_CONFIG = 2
 
 
-def run_node(node_cls, args=None, on_stop: Optional[Callable] = None) -> int:
-    """Run ``node_cls()`` until SIGINT/SIGTERM; returns the process exit code."""
+def init_owning_signals(args=None) -> threading.Event:
+    """rclpy.init without its signal handlers; SIGINT and SIGTERM (any number) set the event.
+    Raises what rclpy.init raises (e.g. a params file with a YAML syntax error)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return stop
+
+
+def shutdown_keeping_signals() -> None:
+    """rclpy.try_shutdown without putting rclpy's (default) handlers back: a second signal
+    must not kill the process, nor one during interpreter exit, when Python restores the
+    default handlers of any it set (so they are ignored from here on)."""
+    rclpy.try_shutdown(uninstall_handlers=False)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def run_node(node_cls, args=None, on_stop: Optional[Callable] = None) -> int:
+    """Run ``node_cls()`` until SIGINT/SIGTERM; returns the process exit code."""
     try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as e:          # e.g. a params file with a YAML syntax error
+        stop = init_owning_signals(args)
+    except Exception as e:
         print(f'[ERROR] cannot start: {_one_line(e)}', file=sys.stderr)
         return EXIT_BAD_CONFIG
     node = executor = None
@@ -56,10 +72,7 @@ def run_node(node_cls, args=None, on_stop: Optional[Callable] = None) -> int:
             executor.shutdown(timeout_sec=5.0)
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown(uninstall_handlers=False)   # keep ours: a 2nd signal must not kill
-        # ... nor one during interpreter exit, when Python puts back the default handlers
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        shutdown_keeping_signals()
 
 
 def with_message_info(callback: Callable) -> Callable:
