@@ -60,9 +60,14 @@ def tiny_world_model(**overrides):
     return WorldModel(SSMConfig.from_preset('debug', image_size=16, **overrides))
 
 
+# What training records about the room's data (train_ssm): 10 Hz frames, vx/vy within 0.5 m/s.
+ROOM_EXTRA = {'frame_interval_s': 0.1,
+              'action': {'fields': ['linear.x', 'linear.y'], 'bounds': [0.5, 0.5]}}
+
+
 @pytest.fixture(scope='session')
 def tiny_ssm_ckpt(tmp_path_factory):
     """An (untrained) tiny world-model checkpoint for node tests."""
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
-    tiny_world_model().save(path)
+    tiny_world_model().save(path, extra=ROOM_EXTRA)
     return path

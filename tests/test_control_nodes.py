@@ -141,6 +141,6 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped(ros_node, tiny_ssm_ckpt
         assert all(speed(c) == 0 for c in cmds[n - 1:])    # stop requested: zero throughout
         stop.publish(Bool(data=False))
         feed(moving, 'driving again after the release')
-    # every command within the bound (max_speed 0.5 per axis) and finite
+    # every command within the bound (the trained bound, 0.5 per axis) and finite
     arr = np.array([[c.linear.x, c.linear.y] for c in cmds])
     assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5

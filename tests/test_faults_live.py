@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header
 
-from conftest import tiny_world_model, unique_domain
+from conftest import ROOM_EXTRA, tiny_world_model, unique_domain
 from faultkit import Probe, assert_clean_output, rgb_msg, stop_process, within
 from world_model_ctrl.messages import belief_from_msg, belief_to_msg
 from world_model_ctrl.paths import default_checkpoint
@@ -83,7 +83,7 @@ def domain():
 @pytest.fixture(scope='module')
 def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp('faults') / 'tiny.pt'
-    tiny_world_model().save(path)
+    tiny_world_model().save(path, extra=ROOM_EXTRA)
     return path
 
 
@@ -181,7 +181,7 @@ def test_diagnostics_count_frames_and_report_holding(live):
 
     def belief_reports():
         return [(n, {kv.key: kv.value for kv in d.status[0].values}, d.status[0])
-                for n, d in zip(sent_at, diags) if d.status[0].name == 'world_model_ctrl: belief']
+                for n, d in zip(sent_at, diags) if d.status[0].name == 'world_model_ctrl: /belief']
     probe.until(lambda: belief_reports(), 10, 'belief diagnostics')
     probe.spin(3.0)
     (sent0, v0, _), (sent1, v1, st) = belief_reports()[0], belief_reports()[-1]
@@ -192,14 +192,14 @@ def test_diagnostics_count_frames_and_report_holding(live):
     assert sent >= 30 and sent - 3 <= received <= sent + 3, (received, sent)
     assert int(v1['frames_filtered']) <= int(v1['frames_received'])
     assert st.level == DiagnosticStatus.OK and v1['camera_topic'] == '/camera/image_raw'
-    pst, pv = _status(diags, 'world_model_ctrl: planner')
+    pst, pv = _status(diags, 'world_model_ctrl: /planner')
     assert pst.level == DiagnosticStatus.OK and pst.message == 'planning'
     assert int(pv['plans']) > 0 and float(pv['plan_ms']) > 0
     probe.camera(None)
     n = len(diags)
-    probe.until(lambda: (_status(diags[n:], 'world_model_ctrl: planner') or (0, {}))[1].get(
+    probe.until(lambda: (_status(diags[n:], 'world_model_ctrl: /planner') or (0, {}))[1].get(
         'holding') == 'belief stale', 5, 'the planner to report a stale belief')
-    assert _status(diags[n:], 'world_model_ctrl: planner')[0].level == DiagnosticStatus.WARN
+    assert _status(diags[n:], 'world_model_ctrl: /planner')[0].level == DiagnosticStatus.WARN
     probe.camera(15.0)
 
 
@@ -287,7 +287,7 @@ def g2(domain, tiny_ckpt, tmp_path_factory):
         belief_to_msg(*probe.belief_value, Header())))
     graph.specs['planner'] = NodeSpec('world_model_ctrl.planner', {
         'checkpoint': str(tiny_ckpt), 'rate_hz': RATE, 'belief_timeout': TIMEOUT,
-        'max_speed': 0.2, 'require_monitor': True, 'monitor_timeout': 1.0, **SMALL_CEM},
+        'action_limits': [0.2, 0.2], 'require_monitor': True, 'monitor_timeout': 1.0, **SMALL_CEM},
         {'cmd_vel': 'g2/cmd_vel', 'belief': 'g2/belief', 'planner/stop': 'g2/planner/stop'})
     graph.start('planner')
     probe.heartbeat(4.0)
@@ -341,7 +341,7 @@ def test_malformed_belief_is_dropped(planner_only, kind):
     probe.wait_moving(5, 'driving on the good beliefs in between')
 
 
-def test_commands_never_exceed_max_speed(planner_only):
+def test_commands_never_exceed_action_limits(planner_only):
     graph, probe = planner_only
     t = time.monotonic()
     probe.until(lambda: len(probe.cmds_since(t)) >= 10, 10, '10 commands')
@@ -405,7 +405,7 @@ def test_non_finite_filter_state_resets_and_publishes_nothing(domain, tmp_path):
         for p in model.encoder.parameters():
             p.mul_(1e18)
     ckpt = tmp_path / 'overflow.pt'
-    model.save(ckpt)
+    model.save(ckpt, extra=ROOM_EXTRA)
     graph = Graph(domain, tmp_path)
     probe = Probe(domain, cmd_topic='g3/cmd_vel')
     beliefs = []
@@ -551,8 +551,8 @@ def test_monitor_scores_compressed_frames(domain, tmp_path, fmt):
                                   'image_monitor/score': 'g7/score'}))
         probe.until(lambda: len(scores) >= 3, 60, 'scores of compressed frames')
         assert 'dropping frame' not in graph.output('monitor')
-        probe.until(lambda: _status(diags, 'world_model_ctrl: image_monitor'), 5, 'diagnostics')
-        st, values = _status(diags, 'world_model_ctrl: image_monitor')
+        probe.until(lambda: _status(diags, 'world_model_ctrl: /image_monitor'), 5, 'diagnostics')
+        st, values = _status(diags, 'world_model_ctrl: /image_monitor')
         assert any(float(values['score']) == pytest.approx(x.data, rel=1e-4) for x in scores)
     finally:
         graph.stop()

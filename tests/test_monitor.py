@@ -66,4 +66,4 @@ def test_monitor_stops_and_releases_the_planner(ros_node, tiny_ssm_ckpt):
         drive(clean, 'the release', lambda: stops and not stops[-1].data)
         drive(clean, 'the planner to move again', moving)
     arr = np.array([[c.linear.x, c.linear.y] for c in cmds])
-    assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5    # max_speed per axis
+    assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5    # the trained bound per axis

@@ -1,10 +1,10 @@
 """Two namespaced control graphs in ONE DDS domain: no cross-talk, each with its own params.
 
 `wmc up --namespace robot1` (relative) and `--namespace /robot2` (absolute), each with a params
-file of its own (max_speed 0.1 and 0.3). Frames on /robot1/camera/image_raw must drive
+file of its own (action_limits 0.1 and 0.3 per axis). Frames on /robot1/camera/image_raw must drive
 /robot1/cmd_vel only; /robot2/cmd_vel stays zero and plain /cmd_vel silent; then the same the
-other way round. The commands of each robot reach, and stay within, its own max_speed, so the
-`/**/planner:` keys of the params files applied under both namespaces (the default is 0.5).
+other way round. The commands of each robot reach, and stay within, its own limits, so the
+`/**/planner:` keys of the params files applied under both namespaces (the default, the trained bound, is 0.5).
 """
 import os
 import signal
@@ -32,12 +32,12 @@ SPEED = {'robot1': 0.1, 'robot2': 0.3}
 TIMEOUT = 1.0       # belief_timeout of both planners
 
 
-def _params(tmp_path, name, max_speed):
+def _params(tmp_path, name, limit):
     params = yaml.safe_load(config_file('control.yaml').read_text())
-    # Small, saturating CEM: one iteration, the best of 20 wide samples -> |command| ~ max_speed.
+    # Small, saturating CEM: one iteration, the best of 20 wide samples -> |command| ~ the limit.
     params['/**/planner']['ros__parameters'].update(
-        max_speed=max_speed, belief_timeout=TIMEOUT, candidates=20, horizon=3, iterations=1,
-        top_k=1, init_std=5.0, min_std=1.0)
+        action_limits=[limit, limit], belief_timeout=TIMEOUT, candidates=20, horizon=3,
+        iterations=1, top_k=1, init_std=5.0, min_std=1.0)
     path = tmp_path / f'{name}.yaml'
     path.write_text(yaml.safe_dump(params))
     return path
@@ -121,7 +121,7 @@ def test_two_namespaced_graphs_in_one_domain_do_not_cross_talk(tmp_path, tiny_ss
             probe.spin(2.0)
             probe.robot = None
             mine, theirs = probe.since(robot, t), probe.since(other[robot], t + TIMEOUT + 0.5)
-            # this robot's own max_speed from its own params file: reached and never exceeded
+            # this robot's own limit from its own params file: reached and never exceeded
             assert np.all(np.abs(mine) <= SPEED[robot] + 1e-9), np.abs(mine).max()
             assert np.abs(mine).max() > 0.8 * SPEED[robot], np.abs(mine).max()
             # the other robot saw none of these frames (after its own earlier beliefs went stale)

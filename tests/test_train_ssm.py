@@ -69,6 +69,10 @@ def test_checkpoint_is_self_describing_and_resumable(bag, tmp_path):
     assert ckpt['extra']['step'] == 4
     assert ckpt['extra']['data']['image_size'] == 16
     assert ckpt['extra']['train']['seq_len'] == 8
+    # what a live robot is checked against: the bag's frame interval (header stamps 0.1 s
+    # apart) and the command fields with the largest |value| seen (the mix policy reaches 0.5)
+    assert ckpt['extra']['frame_interval_s'] == pytest.approx(0.1)
+    assert ckpt['extra']['action'] == {'fields': ['linear.x', 'linear.y'], 'bounds': [0.5, 0.5]}
     summary = _train(bag, out, steps=7, resume=True)
     assert summary['steps'] == 7 and load_checkpoint(out, 'ssm')['extra']['step'] == 7
     model = WorldModel.from_checkpoint(out)

@@ -2,6 +2,11 @@
 
 Each frame: convert (any encoding/size) -> one WorldModel.step with the last command sent ->
 publish mean/std (messages.belief_to_msg) stamped with the frame's header, and the time taken.
+The model steps at the frame interval it was trained on (``frame_interval_s`` in the
+checkpoint): a faster camera has the frame nearest each step filtered and the others skipped
+(camera.FramePacer, by header stamp), so the model is neither stepped at the wrong rate nor
+the CPU spent on frames the planner never uses; a camera at or below the model's rate has every
+frame filtered. The camera subscription keeps only the newest frame (camera.py: QoS).
 Bad input never stops it: a frame that is not a usable camera image is dropped, a non-finite
 command is ignored (the last finite one stays), and a filter state that turns non-finite is
 reset without publishing; each with a throttled warning naming the reason.
@@ -15,7 +20,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
 
-from world_model_ctrl.camera import NO_FRAMES_AFTER, FrameWatch, subscribe_camera
+from world_model_ctrl.actions import check_fields, trained_spec
+from world_model_ctrl.camera import (NO_FRAMES_AFTER, CameraSubscription, FramePacer, FrameWatch,
+                                     declare_camera_parameters)
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
 from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_action_fields
@@ -32,8 +39,7 @@ class BeliefNode(Node):
         super().__init__('belief', **kwargs)
         self.declare_parameter('checkpoint', 'shipped')
         self.declare_parameter('device', 'cpu')
-        # subscribe <camera topic>/compressed (sensor_msgs/CompressedImage, jpeg or png)
-        self.declare_parameter('compressed', False)
+        declare_camera_parameters(self)
         self.declare_parameter('cmd_vel_stamped', False)
         self.declare_parameter('action_fields', ['linear.x', 'linear.y'])
         self.declare_parameter('threads', 1)
@@ -49,6 +55,7 @@ class BeliefNode(Node):
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.size = self.model.config.image_size
         self.fields = check_action_fields(p('action_fields').value, self.model.config.action_dim)
+        check_fields(self.fields, trained_spec(self.model.checkpoint_extra), ckpt)
         self.h = None
         self.last_action = np.zeros(len(self.fields), np.float32)
         self.cmd_sync = p('cmd_sync').value
@@ -65,14 +72,20 @@ class BeliefNode(Node):
         cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
         self.create_subscription(cmd_type, 'cmd_vel', self.on_cmd, 10)
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
-        compressed = bool(p('compressed').value)
-        topic = subscribe_camera(self, self.on_image, compressed)
-        self.frames = FrameWatch(self, topic, compressed)
-        # counted since start: what /diagnostics reports (every second)
-        self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_dropped',
-                                     'nonfinite_commands', 'state_resets'), 0)
+        self.step_s = float(self.model.checkpoint_extra.get('frame_interval_s') or 0.0)
+        if self.step_s <= 0 and not self.cmd_sync:
+            self.get_logger().warning(f'{ckpt} does not record the frame interval it was '
+                                      'trained on: filtering every frame')
+        self.pacer = FramePacer(0 if self.cmd_sync else round(self.step_s * 1e9))
+        self.camera = CameraSubscription(self, self.on_image)
+        topic = self.camera.topic
+        self.frames = FrameWatch(self, topic, self.camera.compressed)
+        # counted since start: what /diagnostics reports (every second). frames_skipped: taken
+        # off the camera but not filtered, the camera being faster than the model's step.
+        self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_skipped',
+                                     'frames_dropped', 'nonfinite_commands', 'state_resets'), 0)
         self.processing_ms = 0.0
-        self.diag = Diagnostics(self, 'belief', hardware_id=topic)
+        self.diag = Diagnostics(self, hardware_id=topic)
         self.create_timer(1.0, self.report)
         self.get_logger().info(f'belief from {ckpt} on {self.device}, camera {topic}')
 
@@ -95,6 +108,7 @@ class BeliefNode(Node):
         self.h = None
         self.last_action[:] = 0.0
         self.first = True
+        self.pacer.reset()
 
     def on_image(self, msg):
         self.frames.frame()
@@ -109,6 +123,11 @@ class BeliefNode(Node):
             return
         if self.cmd_sync and not self.first and not self.new_cmd:
             self.pending = (msg, time.monotonic())
+            return
+        # cameras that leave the stamp at zero are paced by arrival time
+        ns = stamp[0] * 1_000_000_000 + stamp[1] or self.get_clock().now().nanoseconds
+        if not self.pacer.take(ns):
+            self.counts['frames_skipped'] += 1
             return
         self.filter(msg)
 
@@ -153,7 +172,10 @@ class BeliefNode(Node):
         self.diag.publish(WARN if quiet else OK,
                           f'no camera frames for {int(age)} s' if quiet else 'filtering',
                           {**self.counts, 'processing_ms': self.processing_ms,
-                           'last_frame_age_s': age, 'camera_topic': self.frames.topic})
+                           'last_frame_age_s': age, 'camera_topic': self.frames.topic,
+                           'camera_interval_s': self.pacer.camera_interval() / 1e9,
+                           'model_step_s': self.step_s,
+                           'camera_qos': str(self.camera.reliability.name).lower()})
 
 
 def main(args=None):

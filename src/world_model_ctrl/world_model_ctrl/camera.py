@@ -1,27 +1,112 @@
-"""Camera input shared by belief and image_monitor: image_transport topic naming, and a warning
-when no frames arrive that names the topic listened on and the image topics that do have a
-publisher (the usual cause: a compressed camera, a remap, a namespace).
+"""Camera input shared by belief and image_monitor: image_transport topic naming, a QoS that
+matches the camera, the frame pacing of the belief node, and a warning when no frames arrive.
+
+QoS. A best-effort subscription accepts every publisher, but Fast DDS loses most large frames
+on it (640x480 bgr8 is 0.9 MB, past the 512 kB shared-memory segment of a default participant):
+frames then go as UDP fragments and one lost fragment loses the frame. A reliable publisher
+delivers them all to a reliable subscription, and a best-effort one delivers them all through
+shared memory once the *publisher* runs with the shipped Fast DDS profile (config/fastdds.xml,
+larger segments; `wmc up` and the launch file set it for the nodes they start). So with
+``image_reliability: auto`` (default) the subscription follows the camera's publishers:
+reliable when they all are, best effort otherwise (re-created when that changes), with a warning
+when large frames come from a best-effort publisher. ``image_depth`` 1: only the newest frame
+waits, the belief never works through a queue of old ones.
 """
 from __future__ import annotations
 
+import os
 import time
+from typing import Optional
 
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CompressedImage, Image
 
 from world_model_ctrl.data import IMAGE_TYPES
 NO_FRAMES_AFTER = 5.0       # s without a frame before the first warning
 WARN_EVERY = 30.0           # s between warnings while it lasts
+RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
+               'best_effort': ReliabilityPolicy.BEST_EFFORT}
+# Frames larger than a default Fast DDS shared-memory segment (512 kB) leave it.
+LARGE_FRAME_BYTES = 512 * 1024
+PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 
 
-def subscribe_camera(node, callback, compressed: bool) -> str:
-    """Subscribe ``camera/image_raw`` (remappable), or ``<that>/compressed`` with
-    sensor_msgs/CompressedImage as image_transport names it; returns the topic."""
-    base = node.resolve_topic_name('camera/image_raw')
-    topic = f'{base}/compressed' if compressed else base
-    node.create_subscription(CompressedImage if compressed else Image, topic, callback,
-                             qos_profile_sensor_data)
-    return topic
+def fastdds_profile() -> str:
+    """The shipped Fast DDS profile (config/fastdds.xml) of this package."""
+    from world_model_ctrl.paths import config_file
+    return str(config_file('fastdds.xml'))
+
+
+def declare_camera_parameters(node) -> None:
+    # subscribe <camera topic>/compressed (sensor_msgs/CompressedImage, jpeg or png)
+    node.declare_parameter('compressed', False)
+    node.declare_parameter('image_reliability', 'auto')    # auto | reliable | best_effort
+    node.declare_parameter('image_depth', 1)
+
+
+class CameraSubscription:
+    """``camera/image_raw`` (remappable), or ``<that>/compressed`` as image_transport names
+    it, with the reliability of the parameters (module docstring). ``topic`` is the name."""
+
+    def __init__(self, node, callback):
+        p = node.get_parameter
+        self.node, self.callback = node, callback
+        self.compressed = bool(p('compressed').value)
+        self.mode = p('image_reliability').value
+        if self.mode not in ('auto', *RELIABILITY):
+            raise ValueError(f"parameter image_reliability must be 'auto', 'reliable' or "
+                             f"'best_effort', got {self.mode!r}")
+        self.depth = p('image_depth').value
+        if not self.depth >= 1:
+            raise ValueError(f'parameter image_depth must be >= 1, got {self.depth}')
+        base = node.resolve_topic_name('camera/image_raw')
+        self.topic = f'{base}/compressed' if self.compressed else base
+        self.msg_type = CompressedImage if self.compressed else Image
+        self.sub = None
+        self.reliability = None
+        self.warned_large = False
+        self._subscribe(RELIABILITY.get(self.mode, ReliabilityPolicy.BEST_EFFORT))
+        if self.mode == 'auto':
+            self.match()
+            node.create_timer(1.0, self.match)
+
+    def _subscribe(self, reliability) -> None:
+        if self.sub is not None:
+            self.node.destroy_subscription(self.sub)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.depth,
+                         reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+        self.sub = self.node.create_subscription(self.msg_type, self.topic, self.on_msg, qos)
+        self.reliability = reliability
+
+    def publishers_reliability(self) -> Optional[ReliabilityPolicy]:
+        """RELIABLE if every publisher of the topic is, BEST_EFFORT if any is not, None if
+        there is none."""
+        infos = self.node.get_publishers_info_by_topic(self.topic)
+        if not infos:
+            return None
+        reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+        return ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+
+    def match(self) -> None:
+        want = self.publishers_reliability()
+        if want is None or want == self.reliability:
+            return
+        self.node.get_logger().info(
+            f'camera publishers on {self.topic} are '
+            f'{"reliable" if want == ReliabilityPolicy.RELIABLE else "best effort (some)"}: '
+            f'subscribing {"reliable" if want == ReliabilityPolicy.RELIABLE else "best effort"}')
+        self._subscribe(want)
+
+    def on_msg(self, msg) -> None:
+        if not self.warned_large and self.reliability == ReliabilityPolicy.BEST_EFFORT \
+                and len(msg.data) > LARGE_FRAME_BYTES:
+            self.warned_large = True
+            self.node.get_logger().warning(
+                f'{len(msg.data) // 1024} kB frames on {self.topic} from a best-effort '
+                f'publisher: Fast DDS loses most of them unless the camera driver runs with '
+                f'{PROFILE_ENV}={fastdds_profile()} (or publishes reliable); see '
+                f'docs/control.md "Camera transport"')
+        self.callback(msg)
 
 
 class FrameWatch:
@@ -68,3 +153,47 @@ class FrameWatch:
             else:
                 hints.append(f'{name} has a publisher: set image_topic:={name}')
         return hints
+
+
+class FramePacer:
+    """Which frames the belief filters when the camera is faster than the model's step.
+
+    The model was trained on frames ``step_ns`` apart. ``take(stamp_ns)`` is True for the frame
+    nearest each due time (due times ``step_ns`` apart, counted by header stamp), False for the
+    frames in between; a camera at or below the model's rate has every frame taken. Nothing is
+    queued: a frame not taken is dropped, and the next one is judged on its own stamp.
+    A stamp that goes backwards (camera restarted, bag looped) or jumps ahead by more than a
+    step starts the schedule again from that frame.
+    """
+
+    def __init__(self, step_ns: int, window: int = 9):
+        self.step = int(step_ns)
+        self.due: Optional[int] = None
+        self.last: Optional[int] = None         # the previous frame's stamp (taken or not)
+        self.intervals: list[int] = []          # recent camera frame intervals
+        self.window = window
+
+    def camera_interval(self) -> int:
+        """Median of the recent camera frame intervals (0 until two frames came)."""
+        if not self.intervals:
+            return 0
+        return sorted(self.intervals)[len(self.intervals) // 2]
+
+    def take(self, stamp_ns: int) -> bool:
+        if self.last is not None and stamp_ns > self.last:
+            self.intervals = (self.intervals + [stamp_ns - self.last])[-self.window:]
+        backwards = self.last is not None and stamp_ns < self.last
+        self.last = stamp_ns
+        if self.step <= 0:
+            return True
+        if self.due is None or backwards or stamp_ns > self.due + self.step // 2:
+            self.due = stamp_ns + self.step             # (re)start the schedule here
+            return True
+        # the frame nearest the due time: within half a camera interval of it
+        if stamp_ns >= self.due - self.camera_interval() // 2:
+            self.due += self.step
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.due = None

@@ -167,8 +167,9 @@ def load_model(model_cls, config_cls, path, kind: str, what: str, device='cpu'):
 
 
 def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict'),
-                      overwrite: bool = False) -> Path:
-    """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights).
+                      overwrite: bool = False, add: Optional[dict] = None) -> Path:
+    """Copy a checkpoint without training-only state (optimizer, raw non-EMA weights), with
+    the entries of ``add`` set in its extra.
 
     ``dst`` must not exist unless ``overwrite``, and is never ``src`` itself (a failed export
     would otherwise lose the only copy of the optimizer state).
@@ -182,6 +183,7 @@ def export_checkpoint(src, dst, drop=('optimizer', 'raw_state_dict'),
         raise FileExistsError(f'export: {dst} exists; pass --force to overwrite it')
     ckpt = load_checkpoint(src, None)
     extra = {k: v for k, v in ckpt['extra'].items() if k not in drop}
+    extra.update(add or {})
     return save_checkpoint(dst, ckpt['kind'], ckpt['config'], ckpt['state_dict'], extra)
 
 

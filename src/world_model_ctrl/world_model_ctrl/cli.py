@@ -171,10 +171,28 @@ def _eval_summary_lines(s: dict) -> str:
 
 def cmd_export(a) -> int:
     from world_model_ctrl.checkpoint import export_checkpoint
-    path = export_checkpoint(a.src, a.dst, overwrite=a.force)
-    print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB, no optimizer state)',
-          file=sys.stderr)
+    add = _recorded_from_bags(a.src, a.record_from) if a.record_from else None
+    path = export_checkpoint(a.src, a.dst, overwrite=a.force, add=add)
+    print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB, no optimizer state'
+          + (f'; recorded {add}' if add else '') + ')', file=sys.stderr)
     return 0
+
+
+def _recorded_from_bags(src, bags) -> dict:
+    """What train-ssm records about its data (frame interval, action fields and bounds), read
+    from ``bags`` with the data config stored in world-model checkpoint ``src``: for a
+    checkpoint trained before they were recorded."""
+    import tempfile
+
+    from world_model_ctrl.actions import action_spec
+    from world_model_ctrl.checkpoint import load_checkpoint
+    from world_model_ctrl.data import DataConfig, build_cache, frame_interval
+    ckpt = load_checkpoint(src, 'ssm')
+    cfg = DataConfig.from_dict(ckpt['extra'].get('data') or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = build_cache(list(bags), tmp, cfg, strict=True)
+        return {'frame_interval_s': frame_interval(cache),
+                'action': action_spec(cfg.action_fields, cache.actions)}
 
 
 def cmd_eval(a) -> int:
@@ -341,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('src')
     p.add_argument('dst')
     p.add_argument('--force', action='store_true', help='overwrite an existing DST')
+    p.add_argument('--record-from', nargs='+', metavar='BAG',
+                   help='world model trained before checkpoints recorded their frame interval '
+                        'and action bounds: record them from its training bags')
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('eval', help='closed-loop episodes over ROS vs oracle and random')

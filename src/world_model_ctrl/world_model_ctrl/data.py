@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
-CACHE_VERSION = 2                # 2: frames with bad data are dropped, not cached or fatal
+CACHE_VERSION = 3                # 2: frames with bad data dropped; 3: meta frame_interval_s
 PROGRESS_MIN_MESSAGES = 5000     # show a progress bar only for reads at least this long
 
 
@@ -600,8 +600,28 @@ def _episodes_from_streams(st: _Streams, cfg: DataConfig, source: str,
                'malformed_image': int(bad_image.sum())}
     _warn_bad_data(source, faults, dropped)
     if report is not None:
-        report.update({'topics': faults, 'frames_dropped': dropped})
+        clock = st.img_stamp if stamps_usable(st.img_stamp) else st.img_log
+        report.update({'topics': faults, 'frames_dropped': dropped,
+                       'frame_interval_s': _frame_interval(clock, labels)})
     return episodes
+
+
+def _frame_interval(clock_ns: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    """Median interval (s) between consecutive frames of one episode, by header stamp (the
+    model's step: in a lockstep simulation sim time, not the wall-clock pace), else None."""
+    same = (labels[1:] == labels[:-1]) & (labels[1:] >= 0)
+    dt = np.diff(np.asarray(clock_ns, np.int64))[same]
+    dt = dt[dt > 0]
+    return round(float(np.median(dt)) / 1e9, 6) if len(dt) else None
+
+
+def frame_interval(cache: 'EpisodeCache') -> Optional[float]:
+    """The frame interval (s) a cache's episodes were recorded at (median over its bags, from
+    their header stamps), else (in-memory episodes) the median step of their log times."""
+    if cache.meta.get('frame_intervals'):
+        return float(np.median(cache.meta['frame_intervals']))
+    labels = np.repeat(np.arange(len(cache)), cache.lengths)
+    return _frame_interval(cache.stamps, labels)
 
 
 def _warn_bad_data(source: str, faults: dict, dropped: dict) -> None:
@@ -645,11 +665,13 @@ def _has_bad_data(report: dict) -> bool:
 
 
 def _iter_bags(paths: list[Path], cfg: DataConfig, strict: bool,
-               progress: Optional[bool] = None, bad_data: Optional[dict] = None
+               progress: Optional[bool] = None, bad_data: Optional[dict] = None,
+               intervals: Optional[list] = None
                ) -> Iterator[tuple[Path, list[Episode]]]:
     """Episodes bag by bag; a broken bag is skipped with a warning unless it is all we have.
 
-    ``bad_data``, if given, gets {bag path: report} for each bag with bad messages.
+    ``bad_data``, if given, gets {bag path: report} for each bag with bad messages;
+    ``intervals`` each bag's frame interval (s, _frame_interval).
     """
     errors = []
     for p in paths:
@@ -658,6 +680,8 @@ def _iter_bags(paths: list[Path], cfg: DataConfig, strict: bool,
             eps = bag_to_episodes(p, cfg, progress, report)
             if bad_data is not None and _has_bad_data(report):
                 bad_data[str(p)] = report
+            if intervals is not None and report.get('frame_interval_s'):
+                intervals.append(report['frame_interval_s'])
         except BagError as err:
             if strict or len(paths) == 1:
                 raise
@@ -859,11 +883,14 @@ def build_cache(source: Union[PathLike, Sequence[PathLike], Sequence[Episode]],
             raise BagError('no bags given')
         fps = [_bag_fingerprint(p) if p.exists() else [str(p), 'missing'] for p in paths]
         key = _cache_key(['bags', fps, cfg.content_dict()])
-        bad_data: dict = {}     # filled while the batches are read, before meta.json is written
+        # both filled while the batches are read, before meta.json is written
+        bad_data: dict = {}
+        intervals: list = []
         batches = ((str(p), eps) for p, eps in _iter_bags(paths, cfg, strict, progress,
-                                                           bad_data))
+                                                           bad_data, intervals))
         frame_shape = (cfg.image_size, cfg.image_size, 3)
-        meta = {'key': key, 'config': cfg.to_dict(), 'bad_data': bad_data}
+        meta = {'key': key, 'config': cfg.to_dict(), 'bad_data': bad_data,
+                'frame_intervals': intervals}
     final = cache_dir / f'episodes-{key}'
     if (final / 'meta.json').exists():
         log.info('reusing dataset cache %s', final)

@@ -10,9 +10,10 @@ OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.E
 class Diagnostics:
     """``publish(level, message, values)`` -> one DiagnosticArray on the global /diagnostics."""
 
-    def __init__(self, node, name: str, hardware_id: str = ''):
+    def __init__(self, node, hardware_id: str = ''):
         self.node = node
-        self.name = f'world_model_ctrl: {name}'
+        # the node's full name: two robots (namespaces) share the one /diagnostics topic
+        self.name = f'world_model_ctrl: {node.get_fully_qualified_name()}'
         self.hardware_id = hardware_id
         self.pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
 

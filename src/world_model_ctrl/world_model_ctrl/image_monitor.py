@@ -15,7 +15,7 @@ import torch
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float32
 
-from world_model_ctrl.camera import subscribe_camera
+from world_model_ctrl.camera import CameraSubscription, declare_camera_parameters
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diagnostics import ERROR, OK, WARN, Diagnostics
@@ -37,7 +37,7 @@ class ImageMonitorNode(Node):
         self.declare_parameter('hold_s', 1.0)
         self.declare_parameter('release_s', 1.0)
         self.declare_parameter('threads', 1)
-        self.declare_parameter('compressed', False)   # <camera topic>/compressed, as belief
+        declare_camera_parameters(self)       # compressed, image QoS: as belief
         p = self.get_parameter
         require_positive('rate_hz', p('rate_hz').value)
         for name in ('threshold', 'hold_s', 'release_s'):
@@ -57,8 +57,8 @@ class ImageMonitorNode(Node):
         self.stopped = False
         self.pub_score = self.create_publisher(Float32, 'image_monitor/score', 10)
         self.pub_stop = self.create_publisher(Bool, 'planner/stop', 10)
-        self.diag = Diagnostics(self, 'image_monitor', hardware_id='camera')
-        subscribe_camera(self, self.on_image, bool(p('compressed').value))
+        self.diag = Diagnostics(self, hardware_id='camera')
+        self.camera = CameraSubscription(self, self.on_image)
         self.create_timer(1.0 / p('rate_hz').value, self.on_timer)
         self.get_logger().info(f'monitoring with {ckpt}, threshold {self.threshold:.4g}')
 

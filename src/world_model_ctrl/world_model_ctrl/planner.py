@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, Header
 
+from world_model_ctrl.actions import check_fields, resolve_limits, trained_spec
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
 from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_from_action
@@ -47,7 +50,9 @@ class PlannerNode(Node):
         self.declare_parameter('belief_timeout', 0.5)
         self.declare_parameter('cmd_vel_stamped', False)
         self.declare_parameter('action_fields', ['linear.x', 'linear.y'])
-        self.declare_parameter('max_speed', 0.5)
+        # per field (m/s, rad/s); [] = the bounds the checkpoint was trained with; lower = cap
+        self.declare_parameter('action_limits', Parameter.Type.DOUBLE_ARRAY)
+        self.declare_parameter('max_speed', 0.0)    # replaced by action_limits: refused if set
         self.declare_parameter('seed', 0)
         self.declare_parameter('threads', 1)
         # With the image monitor on: its planner/stop heartbeat must keep coming, or hold zero.
@@ -62,7 +67,10 @@ class PlannerNode(Node):
         self.trigger = p('trigger').value
         if self.trigger not in ('timer', 'belief'):
             raise ValueError(f"trigger must be 'timer' or 'belief', got {self.trigger!r}")
-        for name in ('rate_hz', 'belief_timeout', 'max_speed', 'monitor_timeout'):
+        if p('max_speed').value:
+            raise ValueError('parameter max_speed was replaced by action_limits (one limit per '
+                             'action field, e.g. [0.5, 0.5]; [] = the trained bounds)')
+        for name in ('rate_hz', 'belief_timeout', 'monitor_timeout'):
             require_positive(name, p(name).value)
         torch.set_num_threads(max(1, p('threads').value))
         torch.set_flush_denormal(True)      # denormals slow CPU kernels several-fold
@@ -70,9 +78,15 @@ class PlannerNode(Node):
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.fields = check_action_fields(p('action_fields').value, self.model.config.action_dim)
+        spec = trained_spec(self.model.checkpoint_extra)
+        check_fields(self.fields, spec, ckpt)
         self.stamped = p('cmd_vel_stamped').value
-        vmax = float(p('max_speed').value)
-        self.low, self.high = np.full(len(self.fields), -vmax), np.full(len(self.fields), vmax)
+        try:
+            limits = list(p('action_limits').value or [])
+        except ParameterUninitializedException:       # not set: the trained bounds
+            limits = []
+        self.high = resolve_limits(self.fields, limits, spec, ckpt)
+        self.low = -self.high
         cfg = CEMConfig(**{k: p(k).value for k in CEM_PARAMS}, device=str(self.device),
                         action_low=tuple(self.low), action_high=tuple(self.high))
         self.cem = CEMPlanner(cfg, generator=torch.Generator().manual_seed(p('seed').value))
@@ -108,11 +122,12 @@ class PlannerNode(Node):
         self.counts = dict.fromkeys(('plans', 'commands', 'zero_while_holding',
                                      'nonfinite_beliefs', 'nonfinite_plans'), 0)
         self.plan_ms = 0.0
-        self.diag = Diagnostics(self, 'planner')
+        self.diag = Diagnostics(self)
         self.create_timer(1.0, self.report)
         self.halt = threading.Event()
         threading.Thread(target=self.watchdog, name='planner_watchdog', daemon=True).start()
-        self.get_logger().info(f'planner from {ckpt} on {self.device}, trigger={self.trigger}')
+        self.get_logger().info(f'planner from {ckpt} on {self.device}, trigger={self.trigger}, '
+                               f'limits {dict(zip(self.fields, self.high.tolist()))}')
 
     # -- inputs ----------------------------------------------------------------------------
     def on_belief(self, msg, info):

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 
 def ros_env(domain_id: int | None = None) -> dict:
-    """The caller's environment, with discovery kept on this host unless the user chose."""
+    """The caller's environment, with discovery kept on this host and the shipped Fast DDS
+    profile for large camera frames (camera.py), unless the user chose otherwise."""
+    from world_model_ctrl.camera import PROFILE_ENV, fastdds_profile
     env = dict(os.environ)
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault(PROFILE_ENV, fastdds_profile())
     env.setdefault('PYTHONUNBUFFERED', '1')
     if domain_id is not None:
         env['ROS_DOMAIN_ID'] = str(domain_id)
@@ -57,14 +60,19 @@ class NodeSpec:
 class NodeGroup:
     """Child node processes that are stopped (SIGINT, then SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, env: dict | None = None, quiet: bool = False):
+    def __init__(self, env: dict | None = None, quiet: bool = False, output=None):
+        """``quiet``: discard the nodes' output; ``output``: a file that gets it all."""
         self.env = env or ros_env()
         self.quiet = quiet
+        self.output = output
         self.procs: list[tuple[NodeSpec, subprocess.Popen]] = []
 
     def start(self, spec: NodeSpec) -> subprocess.Popen:
-        out = subprocess.DEVNULL if self.quiet else None
-        proc = subprocess.Popen(spec.argv(), env=self.env, stdout=out, stderr=out)
+        if self.output is not None:
+            out, err = self.output, subprocess.STDOUT
+        else:
+            out = err = subprocess.DEVNULL if self.quiet else None
+        proc = subprocess.Popen(spec.argv(), env=self.env, stdout=out, stderr=err)
         self.procs.append((spec, proc))
         return proc
 

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from world_model_ctrl.configs import check_positive, from_dict
-from world_model_ctrl.data import DataConfig, SequenceDataset
+from world_model_ctrl.actions import action_spec
+from world_model_ctrl.data import DataConfig, SequenceDataset, frame_interval
 from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
 from world_model_ctrl.training import (autocast, check_finite_step, episode_split,
                                        layered_config, load_for_resume, setup_run,
@@ -140,6 +141,9 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         step = int(extra.get('step', 0))
         saved_step = step
         log.info('resumed %s at step %d', out, step)
+    # what the nodes check a live robot against: the model's step and its actions' meaning
+    recorded = {'frame_interval_s': frame_interval(cache),
+                'action': action_spec(dcfg.action_fields, cache.actions)}
     net = wrap_ddp(_ELBO(model), world, device)
     writer = summary_writer(rank, log_dir, out)
     amp = autocast(device, tcfg.bf16)
@@ -150,7 +154,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
         if rank != 0:
             return
         model.save(out, extra={
-            'step': step, 'optimizer': opt.state_dict(), 'metrics': metrics,
+            **recorded, 'step': step, 'optimizer': opt.state_dict(), 'metrics': metrics,
             'data': dcfg.to_dict(), 'train': asdict(tcfg),
             'dataset': {'bags': [str(b) for b in bags], 'episodes': len(cache),
                         'frames': cache.num_frames, 'train_episodes': len(train_idx),
