@@ -6,7 +6,9 @@
     ros2 launch world_model_ctrl control.launch.py namespace:=robot1   # /robot1/camera/image_raw,
                                                                         # /robot1/cmd_vel, ...
 Topics default to relative names, so a namespace moves all of them (not /clock, /diagnostics);
-config/*.yaml use `/**/node:` keys, so they apply under any namespace.
+config/*.yaml use `/**/node:` keys, so they apply under any namespace. Unless
+FASTDDS_DEFAULT_PROFILES_FILE is set, the nodes get config/fastdds.xml (large camera frames
+through shared memory; start the camera driver with it too: docs/control.md).
 
 `wmc up` starts the same graph where launch_ros is not installed (world_model_ctrl/graph.py).
 """
@@ -14,7 +16,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -38,6 +40,9 @@ ARGS = {
 def generate_launch_description():
     share = get_package_share_directory('world_model_ctrl')
     control = os.path.join(share, 'config', 'control.yaml')
+    profile = 'FASTDDS_DEFAULT_PROFILES_FILE'
+    fastdds = [] if os.environ.get(profile) else [
+        SetEnvironmentVariable(profile, os.path.join(share, 'config', 'fastdds.xml'))]
     sim = os.path.join(share, 'config', 'sim.yaml')
     arg = LaunchConfiguration
     remaps = [('camera/image_raw', arg('image_topic')), ('cmd_vel', arg('cmd_vel_topic'))]
@@ -46,6 +51,7 @@ def generate_launch_description():
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=doc)
           for name, (default, doc) in ARGS.items()],
+        *fastdds,
         Node(package='room_sim', executable='room_sim', name='room_sim',
              namespace=arg('namespace'), parameters=[sim, common], remappings=remaps,
              condition=IfCondition(arg('use_sim'))),

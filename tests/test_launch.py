@@ -37,6 +37,7 @@ def _standins(share: Path) -> dict:
         'launch_ros.actions', 'ament_index_python', 'ament_index_python.packages')}
     mods['launch'].LaunchDescription = lambda entities: list(entities)
     mods['launch.actions'].DeclareLaunchArgument = record('DeclareLaunchArgument')
+    mods['launch.actions'].SetEnvironmentVariable = record('SetEnvironmentVariable')
     mods['launch.conditions'].IfCondition = record('IfCondition')
     mods['launch.substitutions'].LaunchConfiguration = _Subst
     mods['launch_ros.actions'].Node = record('Node')
@@ -77,7 +78,8 @@ def launched_graph(args: dict, monkeypatch) -> list[tuple]:
         nodes.append((e.kwargs['package'], e.kwargs['executable'], e.kwargs['name'],
                       ev(e.kwargs.get('namespace', '')), files, params,
                       {k: ev(v) for k, v in e.kwargs.get('remappings', [])}))
-    return declared, nodes
+    env = {e.args[0]: e.args[1] for e in entities if e.kind == 'SetEnvironmentVariable'}
+    return declared, nodes, env
 
 
 def up_graph(args: dict) -> list[tuple]:
@@ -95,7 +97,7 @@ def up_graph(args: dict) -> list[tuple]:
     {'namespace': 'robot1', 'use_sim': 'false', 'monitor': 'true', 'compressed': 'true'},
 ])
 def test_launch_file_and_wmc_up_describe_the_same_graph(args, monkeypatch):
-    declared, launched = launched_graph(args, monkeypatch)
+    declared, launched, _ = launched_graph(args, monkeypatch)
     assert declared == LAUNCH_ARGS
     assert launched == up_graph(args)
     names = [n[1] for n in launched]
@@ -147,3 +149,24 @@ def test_compressed_reaches_belief_and_monitor_only():
     assert graph['image_monitor'].params['compressed'] is True
     assert 'compressed' not in graph['planner'].params
     assert all(not spec.params.get('compressed') for _, _, spec in control_graph())
+
+
+def test_launch_and_wmc_up_give_the_nodes_the_fastdds_profile_unless_set(monkeypatch):
+    """Large frames need config/fastdds.xml (docs/control.md "Camera transport"): both ways of
+    starting the graph set it, and a profile the user chose wins."""
+    from world_model_ctrl.procs import ros_env
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+    _, _, env = launched_graph({}, monkeypatch)
+    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': str(share_dir() / 'config' / 'fastdds.xml')}
+    assert Path(env['FASTDDS_DEFAULT_PROFILES_FILE']).is_file()
+    assert ros_env()['FASTDDS_DEFAULT_PROFILES_FILE'] == str(config_file('fastdds.xml'))
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/my/profile.xml')
+    assert launched_graph({}, monkeypatch)[2] == {}
+    assert ros_env()['FASTDDS_DEFAULT_PROFILES_FILE'] == '/my/profile.xml'
+
+
+def test_wmc_prints_the_profile_path_for_the_camera_driver(capsys):
+    from world_model_ctrl.cli import main
+    assert main(['fastdds-profile']) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == config_file('fastdds.xml') and '<segment_size>' in path.read_text()

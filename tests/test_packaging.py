@@ -38,7 +38,9 @@ def test_launch_config_and_index_markers_installed(install):
     launch = sorted(p.name for p in (share / 'launch').iterdir())
     config = sorted(p.name for p in (share / 'config').iterdir())
     assert launch == sorted(p.name for p in (REPO / 'launch').glob('*.launch.py'))
-    assert config == sorted(p.name for p in (REPO / 'config').glob('*.yaml'))
+    assert config == sorted(p.name for p in (REPO / 'config').iterdir()
+                            if p.suffix in ('.yaml', '.xml'))
+    assert 'fastdds.xml' in config
     assert (share / 'package.xml').is_file()
     for pkg in ('room_sim', 'world_model_ctrl'):
         marker = install / pkg / 'share' / 'ament_index' / 'resource_index' / 'packages' / pkg

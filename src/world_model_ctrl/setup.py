@@ -13,7 +13,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         # launch/ and config/ are links to the repository's top-level folders.
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/models', glob('models/*.pt') + glob('models/*.md')
          + glob('models/*.json')),
     ],

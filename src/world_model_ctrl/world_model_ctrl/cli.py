@@ -195,6 +195,12 @@ def _recorded_from_bags(src, bags) -> dict:
                 'action': action_spec(cfg.action_fields, cache.actions)}
 
 
+def cmd_fastdds_profile(a) -> int:
+    from world_model_ctrl.camera import fastdds_profile
+    print(fastdds_profile())
+    return 0
+
+
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
@@ -363,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='world model trained before checkpoints recorded their frame interval '
                         'and action bounds: record them from its training bags')
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('fastdds-profile', help='print the path of the Fast DDS profile for '
+                       'large camera frames (export FASTDDS_DEFAULT_PROFILES_FILE=... for the '
+                       'camera driver)')
+    p.set_defaults(func=cmd_fastdds_profile)
 
     p = sub.add_parser('eval', help='closed-loop episodes over ROS vs oracle and random')
     p.add_argument('--ckpt', help='SSM checkpoint (default: the shipped models/ssm.pt)')
