@@ -191,6 +191,7 @@ def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node
         assert answered, 'no command answered a frame'
         for k in range(8):
             n = len(answered)
+            _spin_for(ros_node, 0.2)   # a 5 Hz camera: slower than the model's 0.1 s step
             send()
             spin_until(ros_node, lambda: len(answered) > n, 10, f'the answer to frame {k}')
         measured = sent[-8:]
