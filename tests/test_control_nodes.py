@@ -1,7 +1,10 @@
 """belief and planner nodes over real DDS (each node in its own process, isolated domain)."""
+import time
+
 import numpy as np
+import pytest
 import torch
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header
@@ -14,7 +17,6 @@ from world_model_ctrl.ssm import SSMConfig, WorldModel, images_to_tensor
 
 
 def _spin_for(node, seconds):
-    import time
     end = time.monotonic() + seconds
     spin_until(node, lambda: time.monotonic() > end, seconds + 5)
 
@@ -144,3 +146,63 @@ def test_planner_acts_goes_to_zero_when_stale_or_stopped(ros_node, tiny_ssm_ckpt
     # every command within the bound (the trained bound, 0.5 per axis) and finite
     arr = np.array([[c.linear.x, c.linear.y] for c in cmds])
     assert np.all(np.isfinite(arr)) and np.abs(arr).max() <= 0.5
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+@pytest.mark.parametrize('offset_s', [-2.0, 2.0])
+def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node, tiny_ssm_ckpt,
+                                                                       offset_s):
+    """A camera 2 s behind (or ahead): cmd_vel is still stamped now (a base controller with a
+    0.5 s cmd_vel_timeout keeps every command), and planner/answered names exactly the frames,
+    one command per belief, the same twist as on cmd_vel; watchdog zeros answer no frame."""
+    cmds, answered = [], []       # (message, DDS reception time in this process, ns)
+    qos = QoSProfile(depth=1000)
+    ros_node.create_subscription(TwistStamped, 'cmd_vel',
+                                 lambda m, i: cmds.append((m, i['received_timestamp'])), qos)
+    ros_node.create_subscription(TwistStamped, 'planner/answered',
+                                 lambda m, i: answered.append((m, i['received_timestamp'])), qos)
+    pub = ros_node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=100))
+    sent = []
+
+    def send():
+        img = frame(len(sent))
+        img.header.frame_id = 'cam'
+        stamp = time.time_ns() + int(offset_s * 1e9)
+        img.header.stamp.sec, img.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        sent.append(stamp)
+        pub.publish(img)
+    with NodeGroup() as group:
+        group.start(NodeSpec('world_model_ctrl.belief', {'checkpoint': str(tiny_ssm_ckpt)}))
+        group.start(NodeSpec('world_model_ctrl.planner', {
+            'checkpoint': str(tiny_ssm_ckpt), 'cmd_vel_stamped': True, 'trigger': 'belief',
+            'rate_hz': 10.0, 'belief_timeout': 0.3,
+            'candidates': 50, 'iterations': 2, 'top_k': 5, 'horizon': 5}))
+        spin_until(ros_node, lambda: pub.get_subscription_count() > 0 and len(cmds) > 3, 30,
+                   'belief up and planner publishing (watchdog zeros: no belief yet)')
+        assert not answered, 'a watchdog zero went on planner/answered'
+        for _ in range(100):       # discovery is not symmetric: until a frame is answered
+            if answered:
+                break
+            send()
+            _spin_for(ros_node, 0.3)
+        assert answered, 'no command answered a frame'
+        for k in range(8):
+            n = len(answered)
+            _spin_for(ros_node, 0.2)   # a 5 Hz camera: slower than the model's 0.1 s step
+            send()
+            spin_until(ros_node, lambda: len(answered) > n, 10, f'the answer to frame {k}')
+        measured = sent[-8:]
+        _spin_for(ros_node, 0.5)   # watchdog zeros again (belief_timeout 0.3 s)
+    got = [_ns(m.header.stamp) for m, _ in answered]
+    assert got[-8:] == measured, 'planner/answered does not carry the frame stamps'
+    assert set(got) <= set(sent) and len(got) == len(set(got)), 'one answer per frame'
+    assert all(m.header.frame_id == 'cam' for m, _ in answered)
+    age = np.array([(recv - _ns(m.header.stamp)) / 1e9 for m, recv in cmds])
+    assert np.all(np.abs(age) < 0.3), f'cmd_vel stamps off the receiver clock by {age}'
+    twists = {(m.twist.linear.x, m.twist.linear.y) for m, _ in cmds}
+    assert all((m.twist.linear.x, m.twist.linear.y) in twists for m, _ in answered)
+    assert any(m.twist.linear.x or m.twist.linear.y for m, _ in answered)
+    assert len(cmds) > len(answered), 'watchdog zeros are on cmd_vel'

@@ -131,6 +131,8 @@ BAD_START = {
                               "action_fields ['angular.q'] are not Twist fields"),
     'room_sim_rate_hz_0': ('room_sim.node', ['-p', 'rate_hz:=0.0'],
                            'parameter rate_hz must be > 0, got 0.0'),
+    'room_sim_answer_topic_realtime': ('room_sim.node', ['-p', 'answer_topic:=planner/answered'],
+                                       "answer_topic ('planner/answered') is for mode lockstep"),
     'params_file_yaml_error': ('world_model_ctrl.planner', ['--params-file', '{bad_yaml}'],
                                "Couldn't parse params file"),
 }

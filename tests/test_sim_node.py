@@ -1,7 +1,10 @@
 """room_sim node over real DDS in an isolated domain (the sim runs as its own process)."""
+import time
+
 import numpy as np
 import pytest
-from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped, Vector3
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
@@ -26,6 +29,11 @@ class Probe:
     def pos(self, i=-1):
         p = self.poses[i].pose.position
         return np.array([p.x, p.y])
+
+
+def _spin_for(node, seconds):
+    end = time.monotonic() + seconds
+    spin_until(node, lambda: time.monotonic() > end, seconds + 5)
 
 
 def stamp(msg):
@@ -135,3 +143,33 @@ def test_twist_stamped_parameter(ros_node, sim):
     spin_until(ros_node, lambda: len(probe.poses) > n and not np.allclose(probe.pos(), p0),
                what='stamped command to move the robot')
     np.testing.assert_allclose(probe.pos() - p0, [0.0, 0.05], atol=1e-9)
+
+
+def test_lockstep_steps_once_per_frame_on_the_answer_topic(ros_node, sim):
+    """With answer_topic, only a command answering the current frame steps the world: not a
+    stale answer, not a second answer to the same frame, not cmd_vel (whose stamps are
+    publish times)."""
+    sim(mode='lockstep', seed=2, answer_topic='planner/answered')
+    probe = Probe(ros_node)
+    answers = ros_node.create_publisher(TwistStamped, 'planner/answered', 10)
+    cmd_vel = ros_node.create_publisher(Twist, 'cmd_vel', 10)
+    spin_until(ros_node, lambda: answers.get_subscription_count() > 0, what='answer subscription')
+    spin_until(ros_node, lambda: probe.poses, what='a pose (republished in lockstep)')
+    _spin_for(ros_node, 0.5)            # every endpoint of the sim matched, not just the first
+    p0, frame = probe.pos(), probe.poses[-1].header.stamp
+
+    def answer(stamp, x=0.0, y=0.0):
+        msg = TwistStamped()
+        msg.header.stamp = stamp
+        msg.twist.linear.x, msg.twist.linear.y = x, y
+        answers.publish(msg)
+    cmd_vel.publish(Twist(linear=Vector3(x=0.5)))         # not the stepping channel here
+    answer(Time(sec=frame.sec - 1, nanosec=frame.nanosec), x=0.5)    # for an older frame
+    answer(frame, y=0.5)                                  # the one that steps
+    answer(frame, x=-0.5)                                 # the same frame again: stale now
+    spin_until(ros_node, lambda: not np.allclose(probe.pos(), p0), what='the answer to step')
+    _spin_for(ros_node, 1.2)            # the sim re-sends its frame after 0.5 s: nothing moved
+    np.testing.assert_allclose(probe.pos() - p0, [0.0, 0.05], atol=1e-9)
+    t0 = frame.sec + frame.nanosec * 1e-9
+    later = sorted({stamp(m) for m in probe.poses if stamp(m) > t0 + 1e-6})
+    assert later == [pytest.approx(t0 + 0.1)], 'one step, one new frame'

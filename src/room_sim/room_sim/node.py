@@ -3,6 +3,10 @@
 Modes:
   realtime  steps on a timer at ``rate_hz`` with the latest command (zero after ``cmd_timeout``).
   lockstep  one step per received command, publishes /clock (sim time), as fast as the consumer.
+            With ``answer_topic`` set (e.g. the planner's planner/answered, TwistStamped) it
+            steps on that topic instead of cmd_vel: once per command stamped with the current
+            frame's stamp, so a command for an older frame never steps the world twice, while
+            cmd_vel keeps its ROS meaning (stamped with the time of publishing).
 """
 import signal
 import sys
@@ -36,7 +40,8 @@ def time_from_ns(ns: int) -> Time:
 
 
 class RoomSimNode(Node):
-    """Publishes camera/image_raw, reward, room_sim/pose, room_sim/goal; takes cmd_vel."""
+    """Publishes camera/image_raw, reward, room_sim/pose, room_sim/goal; takes cmd_vel (or, in
+    lockstep, answer_topic)."""
 
     def __init__(self, **kwargs):
         super().__init__('room_sim', **kwargs)
@@ -49,6 +54,9 @@ class RoomSimNode(Node):
         self.declare_parameter('rate_hz', 10.0)
         self.declare_parameter('cmd_timeout', 0.5)
         self.declare_parameter('cmd_vel_stamped', False)
+        # lockstep: step on TwistStamped commands on this topic that answer the current frame
+        # (header stamp = its stamp), not on cmd_vel; '' = step on cmd_vel
+        self.declare_parameter('answer_topic', '')
         self.declare_parameter('frame_id', 'room')
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
@@ -62,6 +70,10 @@ class RoomSimNode(Node):
         self.mode = p('mode').value
         if self.mode not in ('realtime', 'lockstep'):
             raise ValueError(f"mode must be 'realtime' or 'lockstep', got {self.mode!r}")
+        answer_topic = p('answer_topic').value
+        if answer_topic and self.mode != 'lockstep':
+            raise ValueError(f'answer_topic ({answer_topic!r}) is for mode lockstep; realtime '
+                             "steps on a timer with the latest cmd_vel: set answer_topic ''")
         self.frame_id = p('frame_id').value
         self.cmd_timeout = p('cmd_timeout').value
         self.world = RoomWorld(cfg, seed=p('seed').value)
@@ -74,9 +86,12 @@ class RoomSimNode(Node):
         self.pub_episode = self.create_publisher(Header, 'room_sim/episode_start', qos)
         self.pub_clock = self.create_publisher(Clock, '/clock', 10) if self.mode == 'lockstep' \
             else None
-        stamped = p('cmd_vel_stamped').value
-        self.create_subscription(TwistStamped if stamped else Twist, 'cmd_vel',
-                                 self.on_cmd, 10)
+        if answer_topic:
+            self.create_subscription(TwistStamped, answer_topic, self.on_cmd, 10)
+        else:
+            stamped = p('cmd_vel_stamped').value
+            self.create_subscription(TwistStamped if stamped else Twist, 'cmd_vel',
+                                     self.on_cmd, 10)
         self.create_service(Trigger, 'room_sim/reset', self.on_reset)
         self.add_on_set_parameters_callback(self.on_params)
 
@@ -115,8 +130,9 @@ class RoomSimNode(Node):
         if self.mode == 'lockstep' and isinstance(msg, TwistStamped) \
                 and (msg.header.stamp.sec, msg.header.stamp.nanosec) != \
                 (self.last_stamp.sec, self.last_stamp.nanosec):
-            # A stamped command answers one frame: one planned for an older frame (e.g. the
-            # last episode's) would step the world twice per frame. Ignore it.
+            # A stamped command answers one frame (on answer_topic; on cmd_vel a sender that
+            # stamps with the frame's stamp): one planned for an older frame (e.g. the last
+            # episode's) would step the world twice per frame. Ignore it.
             return
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
         cmd = np.array([twist.linear.x, twist.linear.y])

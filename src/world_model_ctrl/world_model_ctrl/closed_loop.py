@@ -99,13 +99,16 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     from tqdm import tqdm
 
     cfg = WorldConfig()
-    args = {'checkpoint': ckpt or 'shipped', 'device': device,
-            # lockstep: stamped commands name the frame they answer; room_sim drops stale ones
-            'cmd_vel_stamped': 'false' if realtime else 'true'}
+    args = {'checkpoint': ckpt or 'shipped', 'device': device}
     graph = control_graph(args, params_file=params_file)
     for _, exe, spec in graph:
         if exe == 'room_sim':
             spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
+            if not realtime:
+                # Step on the planner's planner/answered (the frame each command answers), not
+                # on cmd_vel: a command for an older frame (the previous episode's last) is
+                # ignored, so exactly one command advances the world per frame.
+                spec.params['answer_topic'] = 'planner/answered'
             if start is not None:
                 spec.params['start'] = [float(v) for v in start]
         if exe == 'planner':

@@ -65,6 +65,9 @@ def action_from_cmd(msg, fields: Sequence[str]) -> np.ndarray:
 
 
 def cmd_from_action(action, fields: Sequence[str], stamped: bool = False, header=None):
+    """The action as a Twist, or a TwistStamped with ``header``. On cmd_vel the stamp must be
+    the time of publishing: controllers drop commands older than their timeout (the frame a
+    command answers goes on planner/answered instead)."""
     twist = Twist()
     for f, v in zip(fields, np.asarray(action, dtype=np.float64).reshape(-1)):
         _set(twist, f, v)

@@ -10,6 +10,13 @@ not from when the executor got round to it. Every command passes one gate (``pub
 non-finite -> zero with a warning, out of bounds -> clipped, zero while the watchdog holds
 (a plan that started on a fresh belief and ended on a stale one), and nothing after the final
 zero on shutdown.
+
+Stamps: a TwistStamped command (``cmd_vel_stamped``) carries the node clock's time at publishing
+(sim time under use_sim_time), as a base controller (diff_drive_controller's cmd_vel_timeout)
+expects; the camera may run seconds off. Which frame a command answers goes on its own topic,
+``planner/answered`` (TwistStamped: that belief's header and the same twist, right after the
+command), for lockstep simulators and latency tracing. Zeros that answer no frame (the watchdog,
+shutdown) are on cmd_vel only.
 """
 import threading
 import time
@@ -39,7 +46,8 @@ CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'g
 
 
 class PlannerNode(Node):
-    """belief -> CEM -> cmd_vel; diagnostics on planner/plan_ms and planner/predicted_return."""
+    """belief -> CEM -> cmd_vel (+ planner/answered); diagnostics on planner/plan_ms and
+    planner/predicted_return."""
 
     def __init__(self, **kwargs):
         super().__init__('planner', **kwargs)
@@ -109,6 +117,7 @@ class PlannerNode(Node):
         self.closed = False
 
         self.pub = self.create_publisher(TwistStamped if self.stamped else Twist, 'cmd_vel', 10)
+        self.pub_answered = self.create_publisher(TwistStamped, 'planner/answered', 10)
         self.pub_ms = self.create_publisher(Float32, 'planner/plan_ms', 10)
         self.pub_ret = self.create_publisher(Float32, 'planner/predicted_return', 10)
         # One executor thread: inputs wait at most one plan (their ages count from reception,
@@ -226,7 +235,11 @@ class PlannerNode(Node):
 
     def publish(self, action, header=None, final=False):
         """The only way to cmd_vel: finite and within bounds, and nothing after the final zero
-        (the watchdog thread, or anything else, is refused here once it went out)."""
+        (the watchdog thread, or anything else, is refused here once it went out).
+
+        ``header``: of the belief (camera frame) the command answers, None for a zero that
+        answers none. cmd_vel is stamped now whatever the frame's stamp; the same command then
+        goes on planner/answered with ``header``, so a lockstep sim steps once per frame."""
         action = np.asarray(action, np.float64).reshape(-1)
         if action.shape != self.low.shape or not np.all(np.isfinite(action)):
             self.get_logger().warning(f'non-finite or malformed command {action}: publishing zero',
@@ -235,13 +248,15 @@ class PlannerNode(Node):
         action = np.clip(action, self.low, self.high)
         if action.any() and self.holding():
             action = np.zeros_like(action)  # planned on a belief that went stale meanwhile
-        if header is None:
-            header = Header(stamp=self.get_clock().now().to_msg())
+        frame_id = header.frame_id if header is not None else ''
         with self.pub_lock:
             if self.closed:
                 return
             self.closed = final
-            self.pub.publish(cmd_from_action(action, self.fields, self.stamped, header))
+            now = Header(stamp=self.get_clock().now().to_msg(), frame_id=frame_id)
+            self.pub.publish(cmd_from_action(action, self.fields, self.stamped, now))
+            if header is not None:
+                self.pub_answered.publish(cmd_from_action(action, self.fields, True, header))
             self.counts['commands'] += 1
 
     def hold_reason(self) -> str:
