@@ -157,3 +157,17 @@ def test_export_records_what_an_older_checkpoint_lacks(tmp_path):
     assert new['extra']['frame_interval_s'] == pytest.approx(0.1)
     assert new['extra']['action'] == {'fields': ['linear.x', 'linear.y'], 'bounds': [0.1, 0.0]}
     assert all(torch.equal(old['state_dict'][k], new['state_dict'][k]) for k in old['state_dict'])
+
+
+# --- delivery estimated from stamps (the belief's camera_delivery, its loss warning) --------
+
+def test_delivery_estimate_from_the_stamps_of_the_frames_that_came():
+    from world_model_ctrl.camera import delivery_estimate
+    rng = np.random.default_rng(0)
+    cam = (np.arange(300) * 33.3 + rng.uniform(-2, 2, 300)) * MS      # 30 Hz, jitter
+    assert delivery_estimate(list(cam[:30])) > 0.95
+    for share in (0.3, 0.6):
+        got = cam[np.sort(rng.choice(300, int(300 * share), replace=False))]
+        est = delivery_estimate(list(got[:30]))
+        assert est < 0.8 and est == pytest.approx(share, abs=0.25), est
+    assert np.isnan(delivery_estimate([5 * MS]))
