@@ -31,6 +31,7 @@ RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
 LARGE_FRAME_BYTES = 512 * 1024
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 DELIVERY_WINDOW = 30        # frames per estimate of the share received (delivery_estimate)
+DELIVERY_SECONDS = 3.0      # or this long, when fewer come
 
 
 def fastdds_profile() -> str:
@@ -80,6 +81,7 @@ class CameraSubscription:
         self.sub = None
         self.reliability = None
         self.stamps: list[int] = []
+        self.window_start = 0.0
         self.delivery = float('nan')       # estimated share of the camera's frames received
         self._subscribe(RELIABILITY.get(self.mode, ReliabilityPolicy.BEST_EFFORT))
         if self.mode == 'auto':
@@ -117,7 +119,12 @@ class CameraSubscription:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if stamp:
             self.stamps.append(stamp)
-            if len(self.stamps) == DELIVERY_WINDOW:
+            now = time.monotonic()
+            if len(self.stamps) == 1:
+                self.window_start = now
+            # every DELIVERY_WINDOW frames, or every few seconds when few come
+            if len(self.stamps) >= DELIVERY_WINDOW or (
+                    len(self.stamps) >= 3 and now - self.window_start >= DELIVERY_SECONDS):
                 self.delivery = delivery_estimate(self.stamps)
                 self.stamps.clear()
                 if self.delivery < 0.8:
