@@ -45,6 +45,9 @@ def test_fast_camera_is_filtered_once_per_model_step_and_the_planner_keeps_its_r
     assert received >= 0.9 * r['sent']
     assert rep['frames_filtered'] / received == pytest.approx(1 / 3, abs=0.05)
     assert np.isfinite(r['plan_hz']) and r['plan_hz'] >= 8.0, r['plan_hz']
+    # never behind the camera: frame stamp -> belief within a few frame intervals, even at
+    # the tail (a queue of old frames would add one interval per frame waiting)
+    assert r['latency_ms_p99'] < 250, r
 
 
 def test_large_best_effort_frames_without_the_profile_are_named_in_a_warning():

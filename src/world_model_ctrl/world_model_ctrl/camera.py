@@ -10,8 +10,10 @@ larger segments; `wmc up` and the launch file set it for the nodes they start). 
 ``image_reliability: auto`` (default) the subscription follows the camera's publishers:
 reliable when they all are, best effort otherwise (re-created when that changes). The share of
 frames received is estimated from their stamps (``delivery``), with a warning below 80 % that
-names the profile when large frames come from a best-effort publisher. ``image_depth`` 1: only the newest frame
-waits, the belief never works through a queue of old ones.
+names the profile when large frames come from a best-effort publisher. ``image_depth`` 3: at
+most three frames wait. One would lose frames a reliable link delivers in a burst (1280x720 at
+30 Hz over UDP: 95 % instead of 100 %); three cannot become a lasting queue, as a frame the
+belief skips costs microseconds (FramePacer), so it never works through seconds of old frames.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def declare_camera_parameters(node) -> None:
     # subscribe <camera topic>/compressed (sensor_msgs/CompressedImage, jpeg or png)
     node.declare_parameter('compressed', False)
     node.declare_parameter('image_reliability', 'auto')    # auto | reliable | best_effort
-    node.declare_parameter('image_depth', 1)
+    node.declare_parameter('image_depth', 3)
 
 
 def delivery_estimate(stamps_ns: list[int]) -> float:
