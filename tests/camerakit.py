@@ -154,6 +154,12 @@ def rate(log: DiagLog, node: str, key: str, t_from: int, t_to: int) -> float:
     return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / 1e9)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a running process used so far, from /proc."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK'), 2)
+
+
 def run_transport(domain: int, width: int, height: int, rate_hz: float, reliability: str,
                   seconds: float, profile: bool = True, planner: bool = False,
                   params: dict | None = None, camera: dict | None = None) -> dict:
@@ -204,6 +210,7 @@ def run_transport(domain: int, width: int, height: int, rate_hz: float, reliabil
             result['plan_hz'] = round(rate(log, 'planner', 'plans', sent[0] + 2_000_000_000,
                                            sent[-1]), 2)
         result['belief_report'] = log.statuses['belief'][-1][1]
+        result['cpu_s'] = {spec.name: cpu_seconds(proc.pid) for spec, proc in group.procs}
         return result
     finally:
         group.stop_all()
