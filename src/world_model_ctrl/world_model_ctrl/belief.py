@@ -30,10 +30,12 @@ from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.cem import resolve_device
+from world_model_ctrl.views import ImageView, reconstruction
 
 
 class BeliefNode(Node):
-    """camera/image_raw + cmd_vel -> belief (2 x Z float image), belief/processing_ms."""
+    """camera/image_raw + cmd_vel -> belief (2 x Z float image), belief/processing_ms
+    (and, when asked for, belief/reconstruction)."""
 
     def __init__(self, **kwargs):
         super().__init__('belief', **kwargs)
@@ -47,6 +49,9 @@ class BeliefNode(Node):
         # node just after the frame; hold the frame until it arrives (at most cmd_sync_timeout).
         self.declare_parameter('cmd_sync', False)
         self.declare_parameter('cmd_sync_timeout', 0.05)
+        # belief/reconstruction (rgb8): the decoded belief, for people to look at (views.py)
+        self.declare_parameter('publish_reconstruction', False)
+        self.declare_parameter('reconstruction_rate_hz', 2.0)
         p = self.get_parameter
         require_positive('cmd_sync_timeout', p('cmd_sync_timeout').value)
         torch.set_num_threads(max(1, p('threads').value))
@@ -67,6 +72,9 @@ class BeliefNode(Node):
         self.last_belief = None
         self.pub = self.create_publisher(Image, 'belief', 10)
         self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
+        self.view = ImageView(self, 'belief/reconstruction', 'reconstruction',
+                              p('publish_reconstruction').value,
+                              p('reconstruction_rate_hz').value)
         # Commands are subscribed before images: with both pending, rclpy takes them in
         # creation order, so a frame is filtered with the command that produced it.
         cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
@@ -165,6 +173,7 @@ class BeliefNode(Node):
         self.processing_ms = (time.perf_counter() - t0) * 1e3
         self.pub_ms.publish(Float32(data=self.processing_ms))
         self.counts['frames_filtered'] += 1
+        self.view.publish(lambda: reconstruction(self.model, mean[0]), msg.header)
 
     def report(self):
         age = time.monotonic() - self.frames.last
@@ -175,7 +184,8 @@ class BeliefNode(Node):
                            'last_frame_age_s': age, 'camera_topic': self.frames.topic,
                            'camera_interval_s': self.pacer.camera_interval() / 1e9,
                            'model_step_s': self.step_s,
-                           'camera_qos': str(self.camera.reliability.name).lower()})
+                           'camera_qos': str(self.camera.reliability.name).lower(),
+                           **self.view.diagnostics()})
 
 
 def main(args=None):
