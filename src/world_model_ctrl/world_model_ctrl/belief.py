@@ -34,8 +34,7 @@ from world_model_ctrl.views import ImageView, reconstruction
 
 
 class BeliefNode(Node):
-    """camera/image_raw + cmd_vel -> belief (2 x Z float image), belief/processing_ms
-    (and, when asked for, belief/reconstruction)."""
+    """camera/image_raw + cmd_vel -> belief (2 x Z float image), belief/processing_ms."""
 
     def __init__(self, **kwargs):
         super().__init__('belief', **kwargs)
@@ -184,8 +183,7 @@ class BeliefNode(Node):
                            'last_frame_age_s': age, 'camera_topic': self.frames.topic,
                            'camera_interval_s': self.pacer.camera_interval() / 1e9,
                            'model_step_s': self.step_s,
-                           'camera_qos': str(self.camera.reliability.name).lower(),
-                           **self.view.diagnostics()})
+                           'camera_qos': str(self.camera.reliability.name).lower()})
 
 
 def main(args=None):

@@ -47,8 +47,8 @@ CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'g
 
 
 class PlannerNode(Node):
-    """belief -> CEM -> cmd_vel (+ planner/answered, and planner/imagined when asked for);
-    diagnostics on planner/plan_ms and planner/predicted_return."""
+    """belief -> CEM -> cmd_vel (+ planner/answered); diagnostics on planner/plan_ms and
+    planner/predicted_return."""
 
     def __init__(self, **kwargs):
         super().__init__('planner', **kwargs)
@@ -281,8 +281,7 @@ class PlannerNode(Node):
         age = time.monotonic() - self.belief[3] if self.belief is not None else -1.0
         self.diag.publish(WARN if reason else OK, f'holding zero: {reason}' if reason
                           else 'planning', {**self.counts, 'plan_ms': self.plan_ms,
-                                            'belief_age_s': age, 'holding': reason or 'no',
-                                            **self.view.diagnostics()})
+                                            'belief_age_s': age, 'holding': reason or 'no'})
 
     def stop_robot(self):
         """The final zero, on shutdown; waits until subscribers acknowledged it."""

@@ -17,6 +17,7 @@ import torch
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
+from world_model_ctrl.diagnostics import OK, Diagnostics
 from world_model_ctrl.spin import require_positive
 
 
@@ -71,7 +72,9 @@ def imagined(model, mean, actions) -> np.ndarray:
 
 class ImageView:
     """One optional image topic: a publisher only when enabled, at most one image every
-    1 / rate_hz seconds, and the cost of the last one (render + publish, ms) for diagnostics.
+    1 / rate_hz seconds, and after each image a /diagnostics status of its own (named by the
+    topic, e.g. ``world_model_ctrl: /belief/reconstruction``) with the cost of that image
+    (render + publish, ms): the node's own status is left as it is.
     ``name`` is the stem of the node's parameters ``publish_<name>`` and ``<name>_rate_hz``.
 
     The limit is by wall time (monotonic), not ROS time: what it bounds is CPU time, which a
@@ -87,13 +90,16 @@ class ImageView:
         self.last = -math.inf
         self.ms = 0.0
         self.published = 0
-        self.pub = None
+        self.pub = self.diag = None
         if self.enabled:
             # Reliable, depth 1: matches reliable and best-effort viewers alike (RViz, Foxglove)
             # and keeps no backlog of old pictures.
             self.pub = node.create_publisher(Image, topic, QoSProfile(depth=1))
-            node.get_logger().info(f'publishing {node.resolve_topic_name(topic)} at most '
-                                   f'{rate_hz:g} Hz')
+            resolved = node.resolve_topic_name(topic)
+            self.diag = Diagnostics(node, hardware_id=resolved)
+            self.diag.name = f'world_model_ctrl: {resolved}'
+            self.rate_hz = float(rate_hz)
+            node.get_logger().info(f'publishing {resolved} at most {rate_hz:g} Hz')
 
     def due(self) -> bool:
         return self.enabled and self.clock() - self.last >= self.period
@@ -107,10 +113,6 @@ class ImageView:
         self.pub.publish(rgb8_msg(render(), header))
         self.ms = (time.perf_counter() - t0) * 1e3
         self.published += 1
+        self.diag.publish(OK, f'at most {self.rate_hz:g} Hz',
+                          {f'{self.name}_ms': self.ms, f'{self.name}_published': self.published})
         return True
-
-    def diagnostics(self) -> dict:
-        """``<name>_ms`` and ``<name>_published`` for /diagnostics; nothing while off."""
-        if not self.enabled:
-            return {}
-        return {f'{self.name}_ms': self.ms, f'{self.name}_published': self.published}
