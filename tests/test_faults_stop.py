@@ -135,6 +135,21 @@ BAD_START = {
                                        "answer_topic ('planner/answered') is for mode lockstep"),
     'params_file_yaml_error': ('world_model_ctrl.planner', ['--params-file', '{bad_yaml}'],
                                "Couldn't parse params file"),
+    # the shipped model was trained on linear.x/linear.y within 0.5 m/s (its checkpoint says)
+    'planner_fields_not_trained': ('world_model_ctrl.planner',
+                                   ['-p', "action_fields:=['linear.x','angular.z']"],
+                                   "do not match the fields"),
+    'belief_fields_not_trained': ('world_model_ctrl.belief',
+                                  ['-p', "action_fields:=['linear.y','linear.x']"],
+                                  "trained on: ['linear.x', 'linear.y']"),
+    'planner_limit_above_trained': ('world_model_ctrl.planner',
+                                    ['-p', 'action_limits:=[0.5,0.8]'],
+                                    'linear.y: 0.8 > 0.5'),
+    'planner_old_max_speed': ('world_model_ctrl.planner', ['-p', 'max_speed:=0.3'],
+                              'max_speed was replaced by action_limits'),
+    'belief_bad_image_reliability': ('world_model_ctrl.belief',
+                                     ['-p', 'image_reliability:=lossy'],
+                                     "image_reliability must be 'auto', 'reliable' or"),
 }
 
 

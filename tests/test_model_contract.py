@@ -69,7 +69,8 @@ def test_no_recorded_step_takes_every_frame():
 # --- action spec -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('x, up', [(0.4999, 0.5), (0.5, 0.5), (0.5001, 0.51), (1.234, 1.3),
-                                   (0.0213, 0.022), (12.0, 12.0), (0.0, 0.0)])
+                                   (0.0213, 0.022), (12.0, 12.0), (0.0, 0.0),
+                                   (float(np.float32(0.1)), 0.1)])
 def test_round_up_two_significant_digits(x, up):
     assert round_up(x) == pytest.approx(up)
 
@@ -137,3 +138,36 @@ def test_frame_interval_is_read_from_header_stamps_not_log_time(tmp_path):
     assert report['frame_interval_s'] == pytest.approx(0.1)
     cache = build_cache([tmp_path / 'b'], tmp_path / 'cache', cfg)
     assert frame_interval(cache) == pytest.approx(0.1)
+
+
+def test_export_records_what_an_older_checkpoint_lacks(tmp_path):
+    """`wmc export SRC DST --record-from BAGS`: weights unchanged, record added from the bags
+    with the data config stored in SRC."""
+    import torch
+
+    from conftest import tiny_world_model
+    from world_model_ctrl.checkpoint import load_checkpoint
+    from world_model_ctrl.cli import main
+    bag = _lockstep_bag(tmp_path / 'b')
+    src = tmp_path / 'old.pt'
+    tiny_world_model().save(src, extra={'data': DataConfig(image_size=8,
+                                                           episode_topic=None).to_dict()})
+    assert main(['export', str(src), str(tmp_path / 'new.pt'), '--record-from', str(bag)]) == 0
+    old, new = load_checkpoint(src, 'ssm'), load_checkpoint(tmp_path / 'new.pt', 'ssm')
+    assert new['extra']['frame_interval_s'] == pytest.approx(0.1)
+    assert new['extra']['action'] == {'fields': ['linear.x', 'linear.y'], 'bounds': [0.1, 0.0]}
+    assert all(torch.equal(old['state_dict'][k], new['state_dict'][k]) for k in old['state_dict'])
+
+
+# --- delivery estimated from stamps (the belief's camera_delivery, its loss warning) --------
+
+def test_delivery_estimate_from_the_stamps_of_the_frames_that_came():
+    from world_model_ctrl.camera import delivery_estimate
+    rng = np.random.default_rng(0)
+    cam = (np.arange(300) * 33.3 + rng.uniform(-2, 2, 300)) * MS      # 30 Hz, jitter
+    assert delivery_estimate(list(cam[:30])) > 0.95
+    for share in (0.3, 0.6):
+        got = cam[np.sort(rng.choice(300, int(300 * share), replace=False))]
+        est = delivery_estimate(list(got[:30]))
+        assert est < 0.8 and est == pytest.approx(share, abs=0.25), est
+    assert np.isnan(delivery_estimate([5 * MS]))

@@ -21,7 +21,8 @@ def round_up(x: float, digits: int = 2) -> float:
     if x <= 0 or not math.isfinite(x):
         return 0.0
     scale = 10 ** (digits - 1 - math.floor(math.log10(x)))
-    return math.ceil(round(x * scale, 9)) / scale
+    # float32 data: 0.1 is 0.10000000149, which must not round up to 0.11
+    return math.ceil(round(x * scale, 4)) / scale
 
 
 def action_spec(fields: Sequence[str], actions: np.ndarray) -> dict:

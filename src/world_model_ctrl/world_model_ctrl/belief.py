@@ -183,7 +183,8 @@ class BeliefNode(Node):
                            'last_frame_age_s': age, 'camera_topic': self.frames.topic,
                            'camera_interval_s': self.pacer.camera_interval() / 1e9,
                            'model_step_s': self.step_s,
-                           'camera_qos': str(self.camera.reliability.name).lower()})
+                           'camera_qos': str(self.camera.reliability.name).lower(),
+                           'camera_delivery': self.camera.delivery})
 
 
 def main(args=None):

@@ -8,8 +8,9 @@ delivers them all to a reliable subscription, and a best-effort one delivers the
 shared memory once the *publisher* runs with the shipped Fast DDS profile (config/fastdds.xml,
 larger segments; `wmc up` and the launch file set it for the nodes they start). So with
 ``image_reliability: auto`` (default) the subscription follows the camera's publishers:
-reliable when they all are, best effort otherwise (re-created when that changes), with a warning
-when large frames come from a best-effort publisher. ``image_depth`` 1: only the newest frame
+reliable when they all are, best effort otherwise (re-created when that changes). The share of
+frames received is estimated from their stamps (``delivery``), with a warning below 80 % that
+names the profile when large frames come from a best-effort publisher. ``image_depth`` 1: only the newest frame
 waits, the belief never works through a queue of old ones.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
 # Frames larger than a default Fast DDS shared-memory segment (512 kB) leave it.
 LARGE_FRAME_BYTES = 512 * 1024
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
+DELIVERY_WINDOW = 30        # frames per estimate of the share received (delivery_estimate)
+DELIVERY_SECONDS = 3.0      # or this long, when fewer come
 
 
 def fastdds_profile() -> str:
@@ -42,6 +45,19 @@ def declare_camera_parameters(node) -> None:
     node.declare_parameter('compressed', False)
     node.declare_parameter('image_reliability', 'auto')    # auto | reliable | best_effort
     node.declare_parameter('image_depth', 1)
+
+
+def delivery_estimate(stamps_ns: list[int]) -> float:
+    """Share of a camera's frames that arrived, from the stamps of the ones that did: the
+    camera's interval is the median of the gaps under 1.5 x the shortest (consecutive frames,
+    with their jitter), so ``n`` frames spanning ``T`` should have been T / interval + 1."""
+    s = sorted(stamps_ns)
+    gaps = sorted(b - a for a, b in zip(s, s[1:]) if b > a)
+    if len(gaps) < 2:
+        return float('nan')
+    consecutive = [g for g in gaps if g < 1.5 * gaps[0]]
+    interval = consecutive[len(consecutive) // 2]
+    return min(1.0, len(s) / ((s[-1] - s[0]) / interval + 1))
 
 
 class CameraSubscription:
@@ -64,7 +80,9 @@ class CameraSubscription:
         self.msg_type = CompressedImage if self.compressed else Image
         self.sub = None
         self.reliability = None
-        self.warned_large = False
+        self.stamps: list[int] = []
+        self.window_start = 0.0
+        self.delivery = float('nan')       # estimated share of the camera's frames received
         self._subscribe(RELIABILITY.get(self.mode, ReliabilityPolicy.BEST_EFFORT))
         if self.mode == 'auto':
             self.match()
@@ -98,15 +116,31 @@ class CameraSubscription:
         self._subscribe(want)
 
     def on_msg(self, msg) -> None:
-        if not self.warned_large and self.reliability == ReliabilityPolicy.BEST_EFFORT \
-                and len(msg.data) > LARGE_FRAME_BYTES:
-            self.warned_large = True
-            self.node.get_logger().warning(
-                f'{len(msg.data) // 1024} kB frames on {self.topic} from a best-effort '
-                f'publisher: Fast DDS loses most of them unless the camera driver runs with '
-                f'{PROFILE_ENV}={fastdds_profile()} (or publishes reliable); see '
-                f'docs/control.md "Camera transport"')
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if stamp:
+            self.stamps.append(stamp)
+            now = time.monotonic()
+            if len(self.stamps) == 1:
+                self.window_start = now
+            # every DELIVERY_WINDOW frames, or every few seconds when few come
+            if len(self.stamps) >= DELIVERY_WINDOW or (
+                    len(self.stamps) >= 3 and now - self.window_start >= DELIVERY_SECONDS):
+                self.delivery = delivery_estimate(self.stamps)
+                self.stamps.clear()
+                if self.delivery < 0.8:
+                    self.warn_loss(len(msg.data))
         self.callback(msg)
+
+    def warn_loss(self, size: int) -> None:
+        hint = ''
+        if self.reliability == ReliabilityPolicy.BEST_EFFORT and size > LARGE_FRAME_BYTES:
+            hint = (f': {size // 1024} kB frames from a best-effort publisher; Fast DDS loses '
+                    f'most unless the camera driver runs with {PROFILE_ENV}='
+                    f'{fastdds_profile()} (or publishes reliable); see docs/control.md '
+                    f'"Camera transport"')
+        self.node.get_logger().warning(
+            f'receiving about {self.delivery:.0%} of the frames on {self.topic} (judged by '
+            f'their stamps){hint}', throttle_duration_sec=WARN_EVERY)
 
 
 class FrameWatch:
