@@ -85,7 +85,8 @@ class ImageView:
         require_positive(f'{name}_rate_hz', rate_hz)
         self.name = name
         self.enabled = bool(enabled)
-        self.period = 1.0 / float(rate_hz)
+        self.rate_hz = float(rate_hz)
+        self.period = 1.0 / self.rate_hz
         self.clock = clock
         self.last = -math.inf
         self.ms = 0.0
@@ -97,8 +98,7 @@ class ImageView:
             self.pub = node.create_publisher(Image, topic, QoSProfile(depth=1))
             resolved = node.resolve_topic_name(topic)
             self.diag = Diagnostics(node, hardware_id=resolved)
-            self.diag.name = f'world_model_ctrl: {resolved}'
-            self.rate_hz = float(rate_hz)
+            self.diag.name = f'world_model_ctrl: {resolved}'    # not the node's own status
             node.get_logger().info(f'publishing {resolved} at most {rate_hz:g} Hz')
 
     def due(self) -> bool:
