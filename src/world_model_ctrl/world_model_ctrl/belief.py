@@ -30,6 +30,7 @@ from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.cem import resolve_device
+from world_model_ctrl.views import ImageView, reconstruction
 
 
 class BeliefNode(Node):
@@ -47,6 +48,9 @@ class BeliefNode(Node):
         # node just after the frame; hold the frame until it arrives (at most cmd_sync_timeout).
         self.declare_parameter('cmd_sync', False)
         self.declare_parameter('cmd_sync_timeout', 0.05)
+        # belief/reconstruction (rgb8): the decoded belief, for people to look at (views.py)
+        self.declare_parameter('publish_reconstruction', False)
+        self.declare_parameter('reconstruction_rate_hz', 2.0)
         p = self.get_parameter
         require_positive('cmd_sync_timeout', p('cmd_sync_timeout').value)
         torch.set_num_threads(max(1, p('threads').value))
@@ -67,6 +71,9 @@ class BeliefNode(Node):
         self.last_belief = None
         self.pub = self.create_publisher(Image, 'belief', 10)
         self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
+        self.view = ImageView(self, 'belief/reconstruction', 'reconstruction',
+                              p('publish_reconstruction').value,
+                              p('reconstruction_rate_hz').value)
         # Commands are subscribed before images: with both pending, rclpy takes them in
         # creation order, so a frame is filtered with the command that produced it.
         cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
@@ -165,6 +172,7 @@ class BeliefNode(Node):
         self.processing_ms = (time.perf_counter() - t0) * 1e3
         self.pub_ms.publish(Float32(data=self.processing_ms))
         self.counts['frames_filtered'] += 1
+        self.view.publish(lambda: reconstruction(self.model, mean[0]), msg.header)
 
     def report(self):
         age = time.monotonic() - self.frames.last

@@ -38,6 +38,7 @@ from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
 from world_model_ctrl.ssm import WorldModel
+from world_model_ctrl.views import ImageView, imagined
 
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
 # cores with the sim and belief running (docs/benchmarks.md).
@@ -69,6 +70,9 @@ class PlannerNode(Node):
         # Score candidates on the transition's mean path (particles carry the belief's
         # uncertainty) or on sampled transitions (PlaNet).
         self.declare_parameter('sample_transitions', False)
+        # planner/imagined (rgb8): the chosen plan's decoded frames, for people (views.py)
+        self.declare_parameter('publish_imagined', False)
+        self.declare_parameter('imagined_rate_hz', 1.0)
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
@@ -120,6 +124,8 @@ class PlannerNode(Node):
         self.pub_answered = self.create_publisher(TwistStamped, 'planner/answered', 10)
         self.pub_ms = self.create_publisher(Float32, 'planner/plan_ms', 10)
         self.pub_ret = self.create_publisher(Float32, 'planner/predicted_return', 10)
+        self.view = ImageView(self, 'planner/imagined', 'imagined', p('publish_imagined').value,
+                              p('imagined_rate_hz').value)
         # One executor thread: inputs wait at most one plan (their ages count from reception,
         # not from when they are taken), and a plan is never in flight when the node stops.
         self.create_subscription(Image, 'belief', with_message_info(self.on_belief), 10)
@@ -232,6 +238,8 @@ class PlannerNode(Node):
         self.counts['plans'] += 1
         self.pub_ms.publish(Float32(data=self.plan_ms))
         self.pub_ret.publish(Float32(data=float(res.predicted_return)))
+        # after the command went out: decoding never delays one
+        self.view.publish(lambda: imagined(self.model, mean, res.plan_mean), header)
 
     def publish(self, action, header=None, final=False):
         """The only way to cmd_vel: finite and within bounds, and nothing after the final zero
