@@ -53,10 +53,12 @@ def test_fast_camera_is_filtered_once_per_model_step_and_the_planner_keeps_its_r
 def test_large_best_effort_frames_without_the_profile_are_named_in_a_warning():
     """The one case the project cannot fix from its side: a best-effort driver without the
     profile. Most frames are lost; the belief says why and what to set."""
-    r = run_transport(unique_domain(), 640, 480, 15, 'best_effort', 6.0, profile=False)
+    r = run_transport(unique_domain(), 640, 480, 15, 'best_effort', 8.0, profile=False)
     assert r['delivered'] < 0.8             # else this case is no longer the unfixable one
-    assert 'receiving about' in r['output'], r['output'][-2000:]
-    assert 'FASTDDS_DEFAULT_PROFILES_FILE=' in r['output'] and 'fastdds.xml' in r['output']
+    # a trickle: 'receiving about N % of the frames ...'; nothing at all: 'no camera frames
+    # ... has 1 publisher(s) (1 best effort) but no frame arrives ...'
+    warned = [ln for ln in r['output'].splitlines() if 'FASTDDS_DEFAULT_PROFILES_FILE=' in ln]
+    assert warned and 'fastdds.xml' in warned[0], r['output'][-2000:]
 
 
 def test_image_reliability_parameter_overrides_auto():

@@ -86,7 +86,7 @@ class BeliefNode(Node):
         self.pacer = FramePacer(0 if self.cmd_sync else round(self.step_s * 1e9))
         self.camera = CameraSubscription(self, self.on_image)
         topic = self.camera.topic
-        self.frames = FrameWatch(self, topic, self.camera.compressed)
+        self.frames = FrameWatch(self, self.camera, 1 / self.step_s if self.step_s > 0 else None)
         # counted since start: what /diagnostics reports (every second). frames_skipped: taken
         # off the camera but not filtered, the camera being faster than the model's step.
         self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_skipped',

@@ -84,6 +84,7 @@ class CameraSubscription:
         self.reliability = None
         self.stamps: list[int] = []
         self.window_start = 0.0
+        self.last_size = 0
         self.delivery = float('nan')       # estimated share of the camera's frames received
         self._subscribe(RELIABILITY.get(self.mode, ReliabilityPolicy.BEST_EFFORT))
         if self.mode == 'auto':
@@ -118,6 +119,7 @@ class CameraSubscription:
         self._subscribe(want)
 
     def on_msg(self, msg) -> None:
+        self.last_size = len(msg.data)
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if stamp:
             self.stamps.append(stamp)
@@ -130,43 +132,85 @@ class CameraSubscription:
                 self.delivery = delivery_estimate(self.stamps)
                 self.stamps.clear()
                 if self.delivery < 0.8:
-                    self.warn_loss(len(msg.data))
+                    self.warn_loss()
         self.callback(msg)
 
-    def warn_loss(self, size: int) -> None:
-        hint = ''
-        if self.reliability == ReliabilityPolicy.BEST_EFFORT and size > LARGE_FRAME_BYTES:
-            hint = (f': {size // 1024} kB frames from a best-effort publisher; Fast DDS loses '
-                    f'most unless the camera driver runs with {PROFILE_ENV}='
-                    f'{fastdds_profile()} (or publishes reliable); see docs/control.md '
-                    f'"Camera transport"')
+    def transport_hint(self) -> str:
+        """Why large frames may be lost, if the last one was large and came best effort."""
+        if self.reliability != ReliabilityPolicy.BEST_EFFORT or \
+                self.last_size <= LARGE_FRAME_BYTES:
+            return ''
+        return (f': {self.last_size // 1024} kB frames from a best-effort publisher; Fast DDS '
+                f'loses most unless the camera driver runs with {PROFILE_ENV}='
+                f'{fastdds_profile()} (or publishes reliable); see docs/control.md "Camera '
+                f'transport"')
+
+    def warn_loss(self) -> None:
         self.node.get_logger().warning(
             f'receiving about {self.delivery:.0%} of the frames on {self.topic} (judged by '
-            f'their stamps){hint}', throttle_duration_sec=WARN_EVERY)
+            f'their stamps){self.transport_hint()}', throttle_duration_sec=WARN_EVERY)
 
 
 class FrameWatch:
-    """Call ``frame()`` per frame; a timer on ``node`` warns while none has come for a while."""
+    """Call ``frame()`` per frame; a timer on ``node`` warns while none has come for a while,
+    and while they come at under half ``expected_hz`` (the model's rate), naming the likely
+    cause."""
 
-    def __init__(self, node, topic: str, compressed: bool):
-        self.node, self.topic, self.compressed = node, topic, compressed
+    def __init__(self, node, camera: 'CameraSubscription', expected_hz: Optional[float] = None):
+        self.node, self.camera, self.expected_hz = node, camera, expected_hz
+        self.topic, self.compressed = camera.topic, camera.compressed
         self.last = time.monotonic()    # counts from start-up
         self.warned = None
+        self.hints = None
+        self.count = 0
+        self.window = (self.last, 0)    # (start, frames counted then) of the rate window
+        self.slow_warned = None
         node.create_timer(1.0, self.check)
 
     def frame(self) -> None:
         self.last = time.monotonic()
+        self.count += 1
 
     def check(self) -> None:
         now = time.monotonic()
-        if now - self.last < NO_FRAMES_AFTER or (
-                self.warned is not None and now - self.warned < WARN_EVERY):
+        self.check_rate(now)
+        if now - self.last < NO_FRAMES_AFTER:
+            self.hints = None
             return
-        self.warned = now
-        hints = self.alternatives()
+        hints = self.own_publishers() + self.alternatives()
+        # at most every WARN_EVERY s, unless what there is to say changed (a camera came up)
+        if self.warned is not None and now - self.warned < WARN_EVERY and hints == self.hints:
+            return
+        self.warned, self.hints = now, hints
         self.node.get_logger().warning(
             f'no camera frames on {self.topic} for {int(now - self.last)} s'
             + ('; ' + '; '.join(hints) if hints else '; no image topic has a publisher'))
+
+    def check_rate(self, now: float) -> None:
+        t0, c0 = self.window
+        if now - t0 < NO_FRAMES_AFTER:
+            return
+        self.window = (now, self.count)
+        rate = (self.count - c0) / (now - t0)
+        if not self.expected_hz or not 0 < rate < 0.5 * self.expected_hz or (
+                self.slow_warned is not None and now - self.slow_warned < WARN_EVERY):
+            return
+        self.slow_warned = now
+        self.node.get_logger().warning(
+            f'camera frames on {self.topic} arrive at {rate:.1f} Hz, under half the model\'s '
+            f'{self.expected_hz:g} Hz' + self.camera.transport_hint())
+
+    def own_publishers(self) -> list[str]:
+        """The topic listened on has publishers, yet nothing arrives: QoS or transport."""
+        infos = self.node.get_publishers_info_by_topic(self.topic)
+        if not infos:
+            return []
+        best_effort = sum(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                          for i in infos)
+        return [f'{self.topic} has {len(infos)} publisher(s) ({best_effort} best effort) but no '
+                f'frame arrives: frames over 512 kB from a best-effort camera need the camera '
+                f'driver started with {PROFILE_ENV}={fastdds_profile()}; else check the QoS '
+                f'(image_reliability)']
 
     def alternatives(self) -> list[str]:
         """What to set for each other image topic that has a publisher."""
