@@ -171,3 +171,17 @@ def test_delivery_estimate_from_the_stamps_of_the_frames_that_came():
         est = delivery_estimate(list(got[:30]))
         assert est < 0.8 and est == pytest.approx(share, abs=0.25), est
     assert np.isnan(delivery_estimate([5 * MS]))
+
+
+def test_a_wanted_frame_that_proves_unusable_does_not_use_up_the_step():
+    """Malformed frame then a good one 1 ms later, every 100 ms (zero stamps: arrival time):
+    the good ones must be filtered, not skipped behind the bad ones."""
+    pacer = FramePacer(STEP)
+    taken_good = 0
+    for k in range(20):
+        t = k * STEP
+        assert pacer.wants(t)                   # the malformed frame: wanted, never took()
+        if pacer.wants(t + MS):                 # the good frame next to it
+            pacer.took(t + MS)
+            taken_good += 1
+    assert taken_good == 20

@@ -133,17 +133,17 @@ class BeliefNode(Node):
             return
         # cameras that leave the stamp at zero are paced by arrival time
         ns = stamp[0] * 1_000_000_000 + stamp[1] or self.get_clock().now().nanoseconds
-        if not self.pacer.take(ns):
+        if not self.pacer.wants(ns):
             self.counts['frames_skipped'] += 1
             return
-        self.filter(msg)
+        self.filter(msg, ns)
 
     def flush_pending(self):
         if self.pending is not None and time.monotonic() - self.pending[1] > self.sync_timeout:
             self.filter(self.pending[0])  # its command never came: use the last one
 
     @torch.no_grad()
-    def filter(self, msg):
+    def filter(self, msg, pace_ns=None):
         self.pending = None
         t0 = time.perf_counter()
         try:
@@ -152,6 +152,8 @@ class BeliefNode(Node):
             self.counts['frames_dropped'] += 1
             self.get_logger().warning(f'dropping frame: {e}', throttle_duration_sec=5.0)
             return
+        if pace_ns is not None:
+            self.pacer.took(pace_ns)
         if self.first:                    # nothing led to an episode's first frame
             self.last_action[:] = 0.0
         self.new_cmd = self.first = False

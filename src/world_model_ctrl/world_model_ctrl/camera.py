@@ -238,9 +238,11 @@ class FrameWatch:
 class FramePacer:
     """Which frames the belief filters when the camera is faster than the model's step.
 
-    The model was trained on frames ``step_ns`` apart. ``take(stamp_ns)`` is True for the frame
+    The model was trained on frames ``step_ns`` apart. ``wants(stamp_ns)`` is True for the frame
     nearest each due time (due times ``step_ns`` apart, counted by header stamp), False for the
-    frames in between; a camera at or below the model's rate has every frame taken. Nothing is
+    frames in between; a camera at or below the model's rate has every frame wanted. A wanted
+    frame is only counted as taken by ``took(stamp_ns)``, once it proved usable (a malformed
+    frame must not use up a step's slot and push out the good frame next to it). Nothing is
     queued: a frame not taken is dropped, and the next one is judged on its own stamp.
     A stamp that goes backwards (camera restarted, bag looped) or jumps ahead by more than a
     step starts the schedule again from that frame.
@@ -252,6 +254,7 @@ class FramePacer:
         self.last: Optional[int] = None         # the previous frame's stamp (taken or not)
         self.intervals: list[int] = []          # recent camera frame intervals
         self.window = window
+        self.restart = False                    # the wanted frame restarts the schedule
 
     def camera_interval(self) -> int:
         """Median of the recent camera frame intervals (0 until two frames came)."""
@@ -259,19 +262,25 @@ class FramePacer:
             return 0
         return sorted(self.intervals)[len(self.intervals) // 2]
 
-    def take(self, stamp_ns: int) -> bool:
+    def wants(self, stamp_ns: int) -> bool:
         if self.last is not None and stamp_ns > self.last:
             self.intervals = (self.intervals + [stamp_ns - self.last])[-self.window:]
         backwards = self.last is not None and stamp_ns < self.last
         self.last = stamp_ns
         if self.step <= 0:
             return True
-        if self.due is None or backwards or stamp_ns > self.due + self.step // 2:
-            self.due = stamp_ns + self.step             # (re)start the schedule here
-            return True
-        # the frame nearest the due time: within half a camera interval of it
-        if stamp_ns >= self.due - self.camera_interval() // 2:
-            self.due += self.step
+        self.restart = self.due is None or backwards or stamp_ns > self.due + self.step // 2
+        # else the frame nearest the due time: within half a camera interval of it
+        return self.restart or stamp_ns >= self.due - self.camera_interval() // 2
+
+    def took(self, stamp_ns: int) -> None:
+        if self.step > 0:
+            self.due = stamp_ns + self.step if self.restart else self.due + self.step
+
+    def take(self, stamp_ns: int) -> bool:
+        """wants + took: for a frame that is certainly usable."""
+        if self.wants(stamp_ns):
+            self.took(stamp_ns)
             return True
         return False
 
