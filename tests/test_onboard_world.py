@@ -1,4 +1,5 @@
-"""room_sim onboard world core: unicycle kinematics, walls, camera, oracle, determinism (no ROS)."""
+"""room_sim onboard world core: unicycle kinematics, walls, camera, oracle, determinism (no
+ROS)."""
 import math
 
 import numpy as np
@@ -248,5 +249,9 @@ def test_ground_truth_and_action_metadata():
     gt = w.ground_truth()
     np.testing.assert_allclose(gt['pos'], [0.5, 0.6])
     assert gt['heading'] == 0.25 and gt['episode'] == 0 and gt['steps'] == 0
+    w.step((0.3, 1.0))
+    np.testing.assert_allclose(w.velocity, [0.3, 1.0])
+    w.reset()
+    np.testing.assert_array_equal(w.velocity, [0.0, 0.0])     # odometry's twist after a reset
     assert w.cfg.action_fields == ('linear.x', 'angular.z')
     assert w.cfg.action_limits == (w.cfg.max_speed, w.cfg.max_turn_rate)

@@ -122,7 +122,7 @@ class OnboardConfig:
 
 def unicycle_step(pos: np.ndarray, heading: float, action: Sequence[float],
                   cfg: OnboardConfig) -> tuple[np.ndarray, float, np.ndarray]:
-    """One ``dt`` of the kinematics in the module docstring: (new pos, new heading, (v, w) used)."""
+    """One ``dt`` of the module docstring's kinematics: (new pos, new heading, (v, w) used)."""
     v = float(np.clip(action[0], -cfg.max_speed, cfg.max_speed))
     w = float(np.clip(action[1], -cfg.max_turn_rate, cfg.max_turn_rate))
     mid = heading + w * cfg.dt / 2
