@@ -54,11 +54,14 @@ def declare_camera_parameters(node) -> None:
 def delivery_estimate(stamps_ns: list[int]) -> float:
     """Share of a camera's frames that arrived, from the stamps of the ones that did: the
     camera's interval is the median of the gaps under 1.5 x the shortest (consecutive frames,
-    with their jitter), so ``n`` frames spanning ``T`` should have been T / interval + 1."""
+    with their jitter), so ``n`` frames spanning ``T`` should have been T / interval + 1.
+    Gaps under 0.3 x the median are a driver catching up after a stall (two frames stamped
+    a millisecond apart), not the camera's interval: they are left out."""
     s = sorted(stamps_ns)
     gaps = sorted(b - a for a, b in zip(s, s[1:]) if b > a)
     if len(gaps) < 2:
         return float('nan')
+    gaps = [g for g in gaps if g >= 0.3 * gaps[len(gaps) // 2]]
     consecutive = [g for g in gaps if g < 1.5 * gaps[0]]
     interval = consecutive[len(consecutive) // 2]
     return min(1.0, len(s) / ((s[-1] - s[0]) / interval + 1))
