@@ -235,6 +235,7 @@ def cmd_up(a) -> int:
     from world_model_ctrl.graph import control_graph
     from world_model_ctrl.paths import resolve_checkpoint
     from world_model_ctrl.procs import NodeGroup, fully_qualified_namespace, ros_env
+    from world_model_ctrl.worlds import get_world
     namespace = fully_qualified_namespace(a.namespace)
     if namespace != '/':
         from rclpy.validate_namespace import validate_namespace
@@ -249,10 +250,10 @@ def cmd_up(a) -> int:
             'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
             'namespace': '' if namespace == '/' else namespace, 'monitor': str(a.monitor).lower(),
             'prior_checkpoint': a.prior_checkpoint or 'shipped',
-            'compressed': str(a.compressed).lower()}
+            'compressed': str(a.compressed).lower(), 'world': a.world}
     graph = control_graph(args, params_file=a.params)
     # Refuse a missing, foreign or non-finite checkpoint here, before any node starts.
-    load_checkpoint(resolve_checkpoint(args['checkpoint'], 'ssm.pt'), 'ssm')
+    load_checkpoint(resolve_checkpoint(args['checkpoint'], get_world(a.world).checkpoint), 'ssm')
     if a.monitor:
         load_checkpoint(resolve_checkpoint(args['prior_checkpoint'], 'prior.pt'), 'prior')
     # Ctrl-C in a terminal reaches every node of the process group as well; either way the
@@ -295,6 +296,13 @@ def _add_train_args(p, default_out: str):
     p.add_argument('--cache-dir', help='dataset cache directory (default: next to --out)')
     p.add_argument('--json', help='write the training summary (throughput, metrics) here')
     p.add_argument('--no-progress', action='store_true')
+
+
+def _add_world_arg(p):
+    from world_model_ctrl.worlds import WORLDS
+    p.add_argument('--world', default='overhead', choices=sorted(WORLDS),
+                   help='overhead: camera above, holonomic; onboard: forward camera on a '
+                        'diff-drive robot (its sim and control params, shipped model)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--monitor', action='store_true',
                    help='start image_monitor: the DDPM prior stops the planner on odd frames')
     p.add_argument('--prior-checkpoint', help='image prior checkpoint (default: shipped)')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_up)
     return ap
 
