@@ -1,4 +1,8 @@
-"""ROS 2 node around the ROS-free RoomWorld: commands in, camera frames and rewards out.
+"""ROS 2 node around the ROS-free worlds: commands in, camera frames and rewards out.
+
+Worlds (``world`` parameter): ``overhead`` (RoomWorld: top-down camera, holonomic robot, cmd_vel
+linear.x, linear.y) or ``onboard`` (OnboardWorld: forward camera on a differential-drive robot,
+cmd_vel linear.x, angular.z; room_sim/pose carries its heading as a yaw quaternion).
 
 Modes:
   realtime  steps on a timer at ``rate_hz`` with the latest command (zero after ``cmd_timeout``).
@@ -26,26 +30,43 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header
 from std_srvs.srv import Trigger
 
-from room_sim.world import RoomWorld, WorldConfig
+from room_sim.onboard import OnboardConfig
+from room_sim.worlds import WORLDS, make_world
 
 # ROS parameter name -> WorldConfig field (only scalars; ``goal`` is an optional double array).
 WORLD_PARAMS = {
     'room_size': 2.0, 'wall': 0.1, 'dt': 0.1, 'max_speed': 0.5, 'success_radius': 0.1,
     'image_size': 64, 'noise_std': 0.0, 'random_goal': False,
 }
+# ... and OnboardConfig fields, for ``world: onboard`` (defaults from OnboardConfig).
+ONBOARD_PARAMS = {name: getattr(OnboardConfig, name) for name in (
+    'room_size', 'wall', 'dt', 'max_speed', 'max_turn_rate', 'robot_radius', 'success_radius',
+    'image_size', 'fov_deg', 'camera_height', 'noise_std', 'random_goal')}
+PARAMS_OF_WORLD = {'overhead': WORLD_PARAMS, 'onboard': ONBOARD_PARAMS}
 
 
 def time_from_ns(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
+def yaw_quaternion(yaw: float) -> tuple[float, float]:
+    """(z, w) of the unit quaternion of a rotation by ``yaw`` about z."""
+    return float(np.sin(yaw / 2)), float(np.cos(yaw / 2))
+
+
 class RoomSimNode(Node):
-    """Publishes camera/image_raw, reward, room_sim/pose, room_sim/goal; takes cmd_vel (or, in
-    lockstep, answer_topic)."""
+    """Publishes camera/image_raw, reward (unless publish_reward is false), room_sim/pose,
+    room_sim/goal and, with publish_odom, odom; takes cmd_vel (or, in lockstep, answer_topic)."""
 
     def __init__(self, **kwargs):
         super().__init__('room_sim', **kwargs)
-        for name, default in WORLD_PARAMS.items():
+        self.declare_parameter('world', 'overhead')
+        self.world_name = self.get_parameter('world').value
+        if self.world_name not in WORLDS:
+            raise ValueError(f"world must be one of {sorted(WORLDS)}, got {self.world_name!r}")
+        self.onboard = self.world_name == 'onboard'
+        world_params = PARAMS_OF_WORLD[self.world_name]
+        for name, default in world_params.items():
             self.declare_parameter(name, default)
         self.declare_parameter('goal', Parameter.Type.DOUBLE_ARRAY)
         self.declare_parameter('start', Parameter.Type.DOUBLE_ARRAY)   # unset = random starts
@@ -60,13 +81,16 @@ class RoomSimNode(Node):
         self.declare_parameter('frame_id', 'room')
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
+        self.declare_parameter('publish_reward', True)     # false: no reward topic (a robot)
+        self.declare_parameter('publish_odom', False)      # nav_msgs/Odometry on odom
+        self.declare_parameter('odom_frame_id', 'odom')
+        self.declare_parameter('base_frame_id', 'base_link')
         p = self.get_parameter
         for name in ('rate_hz', 'cmd_timeout', 'republish_period', 'qos_depth'):
             if not p(name).value > 0:
                 raise ValueError(f'parameter {name} must be > 0, got {p(name).value}')
         goal, self.start = (self._optional(name) for name in ('goal', 'start'))
-        cfg = WorldConfig(goal=list(goal) if goal else None,
-                          **{k: p(k).value for k in WORLD_PARAMS})
+        params = {k: p(k).value for k in world_params}
         self.mode = p('mode').value
         if self.mode not in ('realtime', 'lockstep'):
             raise ValueError(f"mode must be 'realtime' or 'lockstep', got {self.mode!r}")
@@ -76,11 +100,24 @@ class RoomSimNode(Node):
                              "steps on a timer with the latest cmd_vel: set answer_topic ''")
         self.frame_id = p('frame_id').value
         self.cmd_timeout = p('cmd_timeout').value
-        self.world = RoomWorld(cfg, seed=p('seed').value)
+        self.world = make_world(self.world_name, {'goal': list(goal) if goal else None,
+                                                  **params}, seed=p('seed').value)
+        self.odom_frame_id = p('odom_frame_id').value
+        self.base_frame_id = p('base_frame_id').value
 
         qos = QoSProfile(depth=p('qos_depth').value)
         self.pub_image = self.create_publisher(Image, 'camera/image_raw', qos)
-        self.pub_reward = self.create_publisher(Float32, 'reward', qos)
+        self.pub_reward = self.create_publisher(Float32, 'reward', qos) \
+            if p('publish_reward').value else None
+        self.pub_odom = None
+        if p('publish_odom').value:
+            try:
+                from nav_msgs.msg import Odometry
+            except ImportError:
+                raise ValueError('publish_odom needs nav_msgs (pip install ros-nav-msgs, or '
+                                 'a ROS 2 distribution)') from None
+            self.Odometry = Odometry
+            self.pub_odom = self.create_publisher(Odometry, 'odom', qos)
         self.pub_pose = self.create_publisher(PoseStamped, 'room_sim/pose', qos)
         self.pub_goal = self.create_publisher(PoseStamped, 'room_sim/goal', qos)
         self.pub_episode = self.create_publisher(Header, 'room_sim/episode_start', qos)
@@ -114,7 +151,13 @@ class RoomSimNode(Node):
             value = self.get_parameter(name).value
         except ParameterUninitializedException:
             return None
-        if value is not None and len(value) != 2:
+        if value is None:
+            return None
+        if name == 'start' and self.onboard:
+            if len(value) not in (2, 3):
+                raise ValueError(f'start must be [x, y] (m) or [x, y, heading] (m, m, rad), '
+                                 f'got {list(value)}')
+        elif len(value) != 2:
             raise ValueError(f'{name} must be [x, y] in metres, got {list(value)}')
         return list(value) if value is not None else None
 
@@ -135,7 +178,7 @@ class RoomSimNode(Node):
             # episode's) would step the world twice per frame. Ignore it.
             return
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
-        cmd = np.array([twist.linear.x, twist.linear.y])
+        cmd = np.array([twist.linear.x, twist.angular.z if self.onboard else twist.linear.y])
         if not np.all(np.isfinite(cmd)):
             self.get_logger().warning(f'ignoring non-finite command {cmd}')
             return
@@ -154,7 +197,8 @@ class RoomSimNode(Node):
         self.publish_frame(frame)
         response.success = True
         response.message = (f'episode {self.world.episode} start '
-                            f'{self.world.pos[0]:.3f} {self.world.pos[1]:.3f}')
+                            f'{self.world.pos[0]:.3f} {self.world.pos[1]:.3f}'
+                            + (f' {self.world.heading:.3f}' if self.onboard else ''))
         return response
 
     # -- stepping --------------------------------------------------------------------------
@@ -182,12 +226,17 @@ class RoomSimNode(Node):
             self.pub_episode.publish(Header(stamp=stamp, frame_id=str(w.episode)))
             self.new_episode = False
         header = Header(stamp=stamp, frame_id=self.frame_id)
-        self.pub_reward.publish(Float32(data=w.reward()))
-        for pub, xy in ((self.pub_pose, w.pos), (self.pub_goal, w.goal)):
+        if self.pub_reward is not None:
+            self.pub_reward.publish(Float32(data=w.reward()))
+        qz, qw = yaw_quaternion(w.heading) if self.onboard else (0.0, 1.0)
+        for pub, xy, (z, q) in ((self.pub_pose, w.pos, (qz, qw)),
+                                (self.pub_goal, w.goal, (0.0, 1.0))):
             msg = PoseStamped(header=header)
             msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
-            msg.pose.orientation.w = 1.0
+            msg.pose.orientation.z, msg.pose.orientation.w = z, q
             pub.publish(msg)
+        if self.pub_odom is not None:
+            self.publish_odom(stamp, qz, qw)
         self.last_frame = frame
         img = Image(header=header, height=frame.shape[0], width=frame.shape[1],
                     encoding='rgb8', is_bigendian=0, step=frame.shape[1] * 3)
@@ -195,6 +244,22 @@ class RoomSimNode(Node):
         self.pub_image.publish(img)
         if self.mode == 'lockstep':
             self.last_publish = self.get_clock().now()
+
+    def publish_odom(self, stamp, qz: float, qw: float):
+        """Odometry = ground truth in the room's coordinates (no drift), twist in base_link:
+        the velocity command applied in the last step, after clipping (zero after a reset)."""
+        w = self.world
+        msg = self.Odometry()
+        msg.header.stamp, msg.header.frame_id = stamp, self.odom_frame_id
+        msg.child_frame_id = self.base_frame_id
+        msg.pose.pose.position.x, msg.pose.pose.position.y = float(w.pos[0]), float(w.pos[1])
+        msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = qz, qw
+        vel = w.velocity
+        if self.onboard:
+            msg.twist.twist.linear.x, msg.twist.twist.angular.z = float(vel[0]), float(vel[1])
+        else:          # no heading: base_link is aligned with odom
+            msg.twist.twist.linear.x, msg.twist.twist.linear.y = float(vel[0]), float(vel[1])
+        self.pub_odom.publish(msg)
 
 
 def main(args=None) -> int:

@@ -59,6 +59,16 @@ class WorldConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def action_fields(self) -> tuple:
+        """The cmd_vel (Twist) fields that form the action."""
+        return ('linear.x', 'linear.y')
+
+    @property
+    def action_limits(self) -> tuple:
+        """Per-field bounds of the action (a box)."""
+        return (self.max_speed, self.max_speed)
+
     def bounds(self, size: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest centre of a rectangle of ``size`` that stays on the floor."""
         half = np.asarray(size, dtype=np.float64) / 2
@@ -93,6 +103,7 @@ class RoomWorld:
         self.cfg = cfg or WorldConfig()
         self.rng = np.random.default_rng(seed)
         self.pos = np.full(2, self.cfg.room_size / 2)
+        self.velocity = np.zeros(2)        # (vx, vy) applied in the last step; zero after reset
         self.goal = self.cfg.default_goal()
         self.steps = 0
         self.episode = -1
@@ -116,6 +127,7 @@ class RoomWorld:
             self.pos = np.clip(np.asarray(start, dtype=np.float64), lo, hi)
         else:
             self.pos = self.rng.uniform(lo, hi)
+        self.velocity = np.zeros(2)
         self.steps = 0
         self.episode += 1
         return self.render()
@@ -128,6 +140,7 @@ class RoomWorld:
         v = np.clip(a, -self.cfg.max_speed, self.cfg.max_speed)
         lo, hi = self.cfg.bounds(self.cfg.robot_size)
         self.pos = np.clip(self.pos + v * self.cfg.dt, lo, hi)
+        self.velocity = v
         self.steps += 1
         return self.render(), self.reward(), self.success()
 

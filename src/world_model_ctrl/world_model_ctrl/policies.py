@@ -4,12 +4,24 @@ A world model learns only what the data shows, so the default ``mix`` switches e
 between uniform noise (coverage of actions), Ornstein-Uhlenbeck noise (smooth long motions that
 reach the walls) and a noisy goal-seeker (so the goal region, where the planner operates, is
 well covered). The goal-seeker reads ground truth: fine for collection, never a model input.
+
+Two action spaces: the overhead world's holonomic (vx, vy) (``Policy`` and its subclasses,
+``act(pos, goal)``) and the onboard world's differential drive (v, w) = (linear.x, angular.z)
+(``DrivePolicy`` and its subclasses, ``act(pos, goal, heading)``). A forward camera sees only
+what the robot faces, so the drive policies also make sure that every heading is seen from many
+places: ``turns`` alternates turns in place by large random angles with forward runs, and backs
+off and turns when it bumps into a wall.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 POLICIES = ('random', 'ou', 'goal', 'mix')
+DRIVE_POLICIES = ('random', 'ou', 'goal', 'turns', 'mix')
+WORLDS = ('overhead', 'onboard')
+DEFAULT_TURN_RATE = 3.0        # rad/s: room_sim's onboard max_turn_rate
 
 
 class Policy:
@@ -87,9 +99,165 @@ class MixPolicy(Policy):
         return self.current.act(pos, goal)
 
 
-def make_policy(name: str, max_speed: float, seed: int | None = None) -> Policy:
+# -- differential drive: (v, w) = (linear.x m/s, angular.z rad/s) --------------------------------
+def _wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+class DrivePolicy:
+    """(v, w) in the box [-limits, limits] for a differential-drive robot."""
+
+    def __init__(self, limits, rng: np.random.Generator, dt: float = 0.1):
+        self.limits = np.asarray(limits, dtype=np.float64).reshape(2)
+        if not np.all(self.limits > 0):
+            raise ValueError(f'action limits must be positive (v_max, w_max), got {limits}')
+        self.rng, self.dt = rng, dt
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, pos: np.ndarray | None, goal: np.ndarray | None,
+            heading: float | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def clip(self, a) -> np.ndarray:
+        return np.clip(np.asarray(a, dtype=np.float64), -self.limits, self.limits)
+
+
+class DriveRandomPolicy(DrivePolicy):
+    """Uniform (v, w) in the box."""
+
+    def act(self, pos, goal, heading=None):
+        return self.rng.uniform(-self.limits, self.limits)
+
+
+class DriveOUPolicy(DrivePolicy):
+    """Ornstein-Uhlenbeck process about a slow forward drive:
+    a_{t+1} = a_t + theta (mu - a_t) + sigma N(0, I), mu = (0.3 v_max, 0), clipped."""
+
+    def __init__(self, limits, rng, dt=0.1, theta: float = 0.15, sigma: float = 0.3):
+        super().__init__(limits, rng, dt)
+        self.theta, self.sigma = theta, sigma * self.limits
+        self.mu = np.array([0.3, 0.0]) * self.limits
+        self.a = self.mu.copy()
+
+    def reset(self):
+        self.a = self.rng.uniform(-self.limits, self.limits)
+
+    def act(self, pos, goal, heading=None):
+        self.a = self.clip(self.a + self.theta * (self.mu - self.a)
+                           + self.sigma * self.rng.normal(size=2))
+        return self.a
+
+
+class TurnsPolicy(DrivePolicy):
+    """Random turns in place (45-180 deg, either way, at 50-100 % of w_max) alternating with
+    forward runs (5-20 steps at 40-100 % of v_max, slightly curved; now and then a short
+    reverse). When the pose shows that the last forward command did not move the robot (a wall),
+    it backs off for a step and turns. Without a pose it runs on timing alone."""
+
+    def __init__(self, limits, rng, dt=0.1):
+        super().__init__(limits, rng, dt)
+        self.plan: list = []            # queued actions
+        self.last_pos = self.last_v = None
+
+    def reset(self):
+        self.plan, self.last_pos, self.last_v = [], None, None
+
+    def _turn(self, min_angle=math.pi / 3):
+        w = self.rng.uniform(0.5, 1.0) * self.limits[1] * self.rng.choice([-1.0, 1.0])
+        n = max(1, round(self.rng.uniform(min_angle, 1.5 * math.pi) / (abs(w) * self.dt)))
+        return [np.array([0.0, w])] * n
+
+    def _run(self):
+        v_max, w_max = self.limits
+        if self.rng.random() < 0.15:    # a short reverse: the model sees backing up too
+            v, n = -self.rng.uniform(0.3, 0.7) * v_max, int(self.rng.integers(2, 5))
+        else:
+            v, n = self.rng.uniform(0.4, 1.0) * v_max, int(self.rng.integers(4, 16))
+        w = self.rng.normal(0.0, 0.1) * w_max
+        return [np.array([v, w])] * n
+
+    def _bumped(self, pos) -> bool:
+        if pos is None or self.last_pos is None or self.last_v is None:
+            return False
+        expected = abs(self.last_v) * self.dt
+        moved = float(np.linalg.norm(np.asarray(pos) - self.last_pos))
+        return expected > 0.005 and moved < 0.7 * expected
+
+    def act(self, pos, goal, heading=None):
+        if self._bumped(pos):
+            back = np.array([-np.sign(self.last_v) * 0.5 * self.limits[0], 0.0])
+            self.plan = [back] + self._turn(min_angle=math.pi / 2)
+        if not self.plan:
+            self.plan = self._turn() if self.rng.random() < 0.5 else self._run()
+        a = self.clip(self.plan.pop(0))
+        self.last_pos = None if pos is None else np.array(pos, dtype=np.float64)
+        self.last_v = float(a[0])
+        return a
+
+
+class DriveGoalPolicy(DrivePolicy):
+    """Turn toward the (true) goal while driving, as the oracle, with a random gain and speed
+    and Gaussian noise; random actions without a pose, heading or goal."""
+
+    def __init__(self, limits, rng, dt=0.1, noise: float = 0.25):
+        super().__init__(limits, rng, dt)
+        self.noise = noise * self.limits
+
+    def act(self, pos, goal, heading=None):
+        if pos is None or goal is None or heading is None:
+            return self.rng.uniform(-self.limits, self.limits)
+        d = np.asarray(goal, dtype=np.float64) - np.asarray(pos, dtype=np.float64)
+        err = _wrap(math.atan2(d[1], d[0]) - heading)
+        w = self.rng.uniform(0.3, 1.0) * err / self.dt
+        speed = min(self.rng.uniform(0.3, 1.0) * self.limits[0], float(np.hypot(*d)) / self.dt)
+        v = speed * max(0.0, math.cos(err))
+        return self.clip(np.array([v, w]) + self.noise * self.rng.normal(size=2))
+
+
+class DriveMixPolicy(DrivePolicy):
+    """Switch between random, OU, turns and goal-seeking every ``segment`` steps."""
+
+    def __init__(self, limits, rng, dt=0.1, segment: int = 10,
+                 weights=(0.15, 0.2, 0.4, 0.25)):
+        super().__init__(limits, rng, dt)
+        self.parts = [DriveRandomPolicy(limits, rng, dt), DriveOUPolicy(limits, rng, dt),
+                      TurnsPolicy(limits, rng, dt), DriveGoalPolicy(limits, rng, dt)]
+        self.segment, self.weights = segment, np.asarray(weights) / np.sum(weights)
+        self.t, self.current = 0, self.parts[0]
+
+    def reset(self):
+        self.t = 0
+        for p in self.parts:
+            p.reset()
+
+    def act(self, pos, goal, heading=None):
+        if self.t % self.segment == 0:
+            self.current = self.parts[self.rng.choice(len(self.parts), p=self.weights)]
+        self.t += 1
+        return self.current.act(pos, goal, heading)
+
+
+def make_policy(name: str, max_speed: float = 0.5, seed: int | None = None,
+                world: str = 'overhead', limits=None, dt: float = 0.1):
+    """An exploration policy by name for a world's action space: ``overhead`` -> a ``Policy``
+    of (vx, vy) within ``max_speed`` per axis; ``onboard`` -> a ``DrivePolicy`` of (v, w)
+    within ``limits`` = (v_max, w_max) (default (max_speed, DEFAULT_TURN_RATE)); ``dt`` is the
+    step (frame) period, which the drive policies use to tell turns and bumps."""
     rng = np.random.default_rng(seed)
-    table = {'random': RandomPolicy, 'ou': OUPolicy, 'goal': GoalSeekerPolicy, 'mix': MixPolicy}
+    if world == 'overhead':
+        table = {'random': RandomPolicy, 'ou': OUPolicy, 'goal': GoalSeekerPolicy,
+                 'mix': MixPolicy}
+        if name not in table:
+            raise ValueError(f'unknown policy {name!r}; choose from {", ".join(POLICIES)}')
+        return table[name](max_speed, rng)
+    if world != 'onboard':
+        raise ValueError(f'unknown world {world!r}; choose from {", ".join(WORLDS)}')
+    table = {'random': DriveRandomPolicy, 'ou': DriveOUPolicy, 'goal': DriveGoalPolicy,
+             'turns': TurnsPolicy, 'mix': DriveMixPolicy}
     if name not in table:
-        raise ValueError(f'unknown policy {name!r}; choose from {", ".join(POLICIES)}')
-    return table[name](max_speed, rng)
+        raise ValueError(f'unknown policy {name!r} for the onboard world; choose from '
+                         f'{", ".join(DRIVE_POLICIES)}')
+    return table[name](limits if limits is not None else (max_speed, DEFAULT_TURN_RATE), rng,
+                       dt)
