@@ -23,7 +23,7 @@ def cmd_collect(a) -> int:
     sim = {'image_size': a.image_size, 'noise_std': a.noise_std, 'random_goal': a.random_goal}
     result = collect(a.out, episodes=a.episodes, steps=a.steps, seed=a.seed, policy=a.policy,
                      storage=a.storage, sim_params=sim, domain_id=a.domain_id,
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, world=a.world)
     print(f"wrote {result['bag']}: {result['episodes']} episodes, {result['steps']} steps in "
           f"{result['collect_s']:.1f} s ({result['steps_per_s']:.0f} steps/s)", file=sys.stderr)
     if a.json:
@@ -204,7 +204,8 @@ def cmd_fastdds_profile(a) -> int:
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
-                        a.domain_id, params_file=a.params, progress=not a.no_progress)
+                        a.domain_id, params_file=a.params, progress=not a.no_progress,
+                        world=a.world)
     s.pop('_episodes')
     _write_json(s, a.json)
     print(_eval_summary_lines(s), file=sys.stderr)
@@ -215,7 +216,7 @@ def cmd_demo(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop, write_demo_outputs
     out = Path(a.out)
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, 'cpu', False, a.domain_id,
-                        record_frames=True)
+                        record_frames=True, world=a.world)
     paths = write_demo_outputs(s, out)
     s.pop('_episodes')
     _write_json(s, str(out / 'demo_summary.json'))
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--episodes', type=int, default=10)
     p.add_argument('--steps', type=int, default=50, help='commands per episode')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'mix'])
+    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'turns', 'mix'],
+                   help="exploration policy ('turns': onboard world only)")
     p.add_argument('--storage', default='mcap', choices=['mcap', 'sqlite3'])
     p.add_argument('--image-size', type=int, default=64)
     p.add_argument('--noise-std', type=float, default=0.0)
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='ROS_DOMAIN_ID for the sim graph (default: inherited)')
     p.add_argument('--json', help='also write the collection summary (rate) to this file')
     p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser('bag-info', help='summarise any rosbag2')
@@ -395,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--domain-id', type=int)
     p.add_argument('--json', help='write the metrics here (default: stdout)')
     p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser('demo', help='what `make demo` runs: a few episodes, a GIF and a plot')
@@ -404,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-steps', type=int, default=100)
     p.add_argument('--out', default='out')
     p.add_argument('--domain-id', type=int)
+    _add_world_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser('up', help='start the control graph without ros2 launch')
