@@ -218,9 +218,22 @@ def write_demo_outputs(summary: dict, out_dir: str | Path, gif_episodes: int = 3
     from world_model_ctrl.viz import distance_plot, trajectory_gif
     out_dir = Path(out_dir)
     eps = summary['_episodes']
-    px = RoomWorld().to_pixels
-    gif_eps = [(np.stack(e['frames']), np.array([px(p) for p in e['track']]))
-               for e in eps[:gif_episodes] if e['frames']]
+    room = RoomWorld(WorldConfig(image_size=64))
+    px = room.to_pixels
+    gif_eps = []
+    for e in eps[:gif_episodes]:
+        if not e['frames']:
+            continue
+        frames, track = np.stack(e['frames']), np.array([px(p) for p in e['track']])
+        if summary.get('world', 'overhead') == 'onboard':
+            # the robot's own camera, and beside it the room from above with the track
+            above = []
+            for pos in e['track'][:len(frames)]:
+                room.pos = np.asarray(pos, np.float64)
+                above.append(room.render())
+            frames = np.concatenate([frames, np.stack(above)], axis=2)
+            track = track + np.array([e['frames'][0].shape[1], 0])
+        gif_eps.append((frames, track))
     paths = {}
     if gif_eps:
         paths['gif'] = str(trajectory_gif(gif_eps, out_dir / 'demo.gif'))
