@@ -18,7 +18,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 
 ARGS = {
@@ -34,26 +34,33 @@ ARGS = {
     'namespace': ('', "namespace of all nodes and their relative topics ('robot1' or '/robot1')"),
     'monitor': ('false', 'start image_monitor (DDPM prior): stops the planner on odd frames'),
     'prior_checkpoint': ('shipped', "image prior checkpoint ('shipped' = this package's)"),
+    'world': ('overhead', 'overhead (camera above, linear.x/linear.y) | onboard (forward camera, '
+                          'diff drive): picks the sim and control params and the shipped model'),
 }
 
 
 def generate_launch_description():
     share = get_package_share_directory('world_model_ctrl')
-    control = os.path.join(share, 'config', 'control.yaml')
+    arg = LaunchConfiguration
+    # config/control.yaml, sim.yaml (overhead) or control_onboard.yaml, sim_onboard.yaml
+    suffix = PythonExpression(["'' if '", arg('world'), "' == 'overhead' else '_", arg('world'),
+                               "'"])
+    control = PathJoinSubstitution([share, 'config', ['control', suffix, '.yaml']])
+    sim = PathJoinSubstitution([share, 'config', ['sim', suffix, '.yaml']])
     profile = 'FASTDDS_DEFAULT_PROFILES_FILE'
     fastdds = [] if os.environ.get(profile) else [
         SetEnvironmentVariable(profile, os.path.join(share, 'config', 'fastdds.xml'))]
-    sim = os.path.join(share, 'config', 'sim.yaml')
-    arg = LaunchConfiguration
     remaps = [('camera/image_raw', arg('image_topic')), ('cmd_vel', arg('cmd_vel_topic'))]
     common = {'cmd_vel_stamped': arg('cmd_vel_stamped'), 'use_sim_time': arg('use_sim_time')}
-    model = {'checkpoint': arg('checkpoint'), 'device': arg('device'), **common}
+    model = {'checkpoint': arg('checkpoint'), 'device': arg('device'), 'world': arg('world'),
+             **common}
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=doc)
           for name, (default, doc) in ARGS.items()],
         *fastdds,
         Node(package='room_sim', executable='room_sim', name='room_sim',
-             namespace=arg('namespace'), parameters=[sim, common], remappings=remaps,
+             namespace=arg('namespace'), parameters=[sim, {**common, 'world': arg('world')}],
+             remappings=remaps,
              condition=IfCondition(arg('use_sim'))),
         Node(package='world_model_ctrl', executable='belief', name='belief',
              namespace=arg('namespace'),

@@ -113,6 +113,23 @@ class SynthBag:
         else:
             self.add(log_ns, topic, 'geometry_msgs/msg/Twist', twist)
 
+    def odom(self, log_ns: int, stamp_ns: int, x: float, y: float, topic: str = '/odom',
+             frame_id: str = 'odom') -> None:
+        """nav_msgs/Odometry at (x, y), facing +x, standing still."""
+        t = self._t
+        pose = t('geometry_msgs/msg/Pose')(
+            position=t('geometry_msgs/msg/Point')(x=float(x), y=float(y), z=0.0),
+            orientation=t('geometry_msgs/msg/Quaternion')(x=0.0, y=0.0, z=0.0, w=1.0))
+        v3 = t('geometry_msgs/msg/Vector3')(x=0.0, y=0.0, z=0.0)
+        msg = t('nav_msgs/msg/Odometry')(
+            header=self._header(stamp_ns, frame_id), child_frame_id='base_link',
+            pose=t('geometry_msgs/msg/PoseWithCovariance')(pose=pose,
+                                                           covariance=np.zeros(36)),
+            twist=t('geometry_msgs/msg/TwistWithCovariance')(
+                twist=t('geometry_msgs/msg/Twist')(linear=v3, angular=v3),
+                covariance=np.zeros(36)))
+        self.add(log_ns, topic, 'nav_msgs/msg/Odometry', msg)
+
     def marker(self, log_ns: int, stamp_ns: int, index: int,
                topic: str = '/room_sim/episode_start') -> None:
         self.add(log_ns, topic, 'std_msgs/msg/Header', self._header(stamp_ns, str(index)))

@@ -189,6 +189,7 @@ def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node
             send()
             _spin_for(ros_node, 0.3)
         assert answered, 'no command answered a frame'
+        _spin_for(ros_node, 1.0)    # answers to warm-up frames still in flight land first
         for k in range(8):
             n = len(answered)
             _spin_for(ros_node, 0.2)   # a 5 Hz camera: slower than the model's 0.1 s step

@@ -4,6 +4,7 @@ launch/launch_ros are not installable here, so the launch file is loaded against
 stand-ins that evaluate substitutions and typed parameters the way launch_ros does.
 """
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -24,6 +25,16 @@ class _Subst:
         self.name = name
 
 
+class _PyExpr:                  # launch.substitutions.PythonExpression
+    def __init__(self, parts):
+        self.parts = parts
+
+
+class _PathJoin:                # launch.substitutions.PathJoinSubstitution
+    def __init__(self, parts):
+        self.parts = parts
+
+
 def _standins(share: Path) -> dict:
     """Fake modules: every class records its constructor arguments."""
     def record(kind):
@@ -40,6 +51,8 @@ def _standins(share: Path) -> dict:
     mods['launch.actions'].SetEnvironmentVariable = record('SetEnvironmentVariable')
     mods['launch.conditions'].IfCondition = record('IfCondition')
     mods['launch.substitutions'].LaunchConfiguration = _Subst
+    mods['launch.substitutions'].PythonExpression = _PyExpr
+    mods['launch.substitutions'].PathJoinSubstitution = _PathJoin
     mods['launch_ros.actions'].Node = record('Node')
     mods['ament_index_python.packages'].get_package_share_directory = \
         lambda pkg: str(share) if pkg == 'world_model_ctrl' else pytest.fail(pkg)
@@ -58,7 +71,15 @@ def launched_graph(args: dict, monkeypatch) -> list[tuple]:
     values = {**declared, **args}
 
     def ev(x):
-        return values[x.name] if isinstance(x, _Subst) else x
+        if isinstance(x, _Subst):
+            return values[x.name]
+        if isinstance(x, list):             # a list of substitutions is their concatenation
+            return ''.join(ev(p) for p in x)
+        if isinstance(x, _PyExpr):
+            return str(eval(ev(x.parts)))
+        if isinstance(x, _PathJoin):
+            return os.path.join(*(ev(p) for p in x.parts))
+        return x
 
     def typed(x):               # launch_ros yaml-parses parameter values from substitutions
         return yaml.safe_load(ev(x)) if isinstance(x, _Subst) else x
@@ -70,7 +91,7 @@ def launched_graph(args: dict, monkeypatch) -> list[tuple]:
         cond = e.kwargs.get('condition')
         if cond is not None and ev(cond.args[0]).lower() not in ('true', '1'):
             continue
-        files = [str(p) for p in e.kwargs['parameters'] if isinstance(p, str)]
+        files = [ev(p) for p in e.kwargs['parameters'] if not isinstance(p, dict)]
         params = {}
         for p in e.kwargs['parameters']:
             if isinstance(p, dict):

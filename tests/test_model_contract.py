@@ -171,6 +171,11 @@ def test_delivery_estimate_from_the_stamps_of_the_frames_that_came():
         est = delivery_estimate(list(got[:30]))
         assert est < 0.8 and est == pytest.approx(share, abs=0.25), est
     assert np.isnan(delivery_estimate([5 * MS]))
+    # a driver catching up after a stall stamps a few frames a millisecond apart: not lost
+    bursty = list(cam[:30])
+    for k in (5, 17, 23):
+        bursty[k] = bursty[k - 1] + 1 * MS
+    assert delivery_estimate(sorted(bursty)) > 0.9
 
 
 def test_a_wanted_frame_that_proves_unusable_does_not_use_up_the_step():

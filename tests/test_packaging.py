@@ -28,7 +28,8 @@ def install(tmp_path_factory):
 
 def test_executables_where_ros2_run_looks(install):
     for pkg, exe in [('room_sim', 'room_sim'), ('world_model_ctrl', 'wmc'),
-                     ('world_model_ctrl', 'recorder'), ('world_model_ctrl', 'explorer')]:
+                     ('world_model_ctrl', 'recorder'), ('world_model_ctrl', 'explorer'),
+                     ('world_model_ctrl', 'pose_reward')]:
         path = install / pkg / 'lib' / pkg / exe
         assert path.is_file() and os.access(path, os.X_OK), path
 

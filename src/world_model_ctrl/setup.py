@@ -31,6 +31,7 @@ setup(
             'belief = world_model_ctrl.belief:main',
             'planner = world_model_ctrl.planner:main',
             'image_monitor = world_model_ctrl.image_monitor:main',
+            'pose_reward = world_model_ctrl.pose_reward:main',
         ],
     },
 )

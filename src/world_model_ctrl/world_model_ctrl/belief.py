@@ -29,6 +29,7 @@ from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_acti
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
+from world_model_ctrl.worlds import get_world
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.views import ImageView, reconstruction
 
@@ -39,6 +40,7 @@ class BeliefNode(Node):
     def __init__(self, **kwargs):
         super().__init__('belief', **kwargs)
         self.declare_parameter('checkpoint', 'shipped')
+        self.declare_parameter('world', 'overhead')   # whose model 'shipped' means
         self.declare_parameter('device', 'cpu')
         declare_camera_parameters(self)
         self.declare_parameter('cmd_vel_stamped', False)
@@ -54,7 +56,7 @@ class BeliefNode(Node):
         p = self.get_parameter
         require_positive('cmd_sync_timeout', p('cmd_sync_timeout').value)
         torch.set_num_threads(max(1, p('threads').value))
-        ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
+        ckpt = resolve_checkpoint(p('checkpoint').value, get_world(p('world').value).checkpoint)
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.size = self.model.config.image_size

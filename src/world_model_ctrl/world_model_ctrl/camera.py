@@ -32,6 +32,8 @@ RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
 # Frames larger than a default Fast DDS shared-memory segment (512 kB) leave it.
 LARGE_FRAME_BYTES = 512 * 1024
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
+STARTUP_DISCOVERY_S = 2.0   # auto: wait this long at start for the camera's publishers
+OVERLAP_S = 2.0             # auto: the replaced subscription delivers this much longer
 DELIVERY_WINDOW = 30        # frames per estimate of the share received (delivery_estimate)
 DELIVERY_SECONDS = 3.0      # or this long, when fewer come
 
@@ -52,11 +54,14 @@ def declare_camera_parameters(node) -> None:
 def delivery_estimate(stamps_ns: list[int]) -> float:
     """Share of a camera's frames that arrived, from the stamps of the ones that did: the
     camera's interval is the median of the gaps under 1.5 x the shortest (consecutive frames,
-    with their jitter), so ``n`` frames spanning ``T`` should have been T / interval + 1."""
+    with their jitter), so ``n`` frames spanning ``T`` should have been T / interval + 1.
+    Gaps under 0.3 x the median are a driver catching up after a stall (two frames stamped
+    a millisecond apart), not the camera's interval: they are left out."""
     s = sorted(stamps_ns)
     gaps = sorted(b - a for a, b in zip(s, s[1:]) if b > a)
     if len(gaps) < 2:
         return float('nan')
+    gaps = [g for g in gaps if g >= 0.3 * gaps[len(gaps) // 2]]
     consecutive = [g for g in gaps if g < 1.5 * gaps[0]]
     interval = consecutive[len(consecutive) // 2]
     return min(1.0, len(s) / ((s[-1] - s[0]) / interval + 1))
@@ -86,14 +91,25 @@ class CameraSubscription:
         self.window_start = 0.0
         self.last_size = 0
         self.delivery = float('nan')       # estimated share of the camera's frames received
-        self._subscribe(RELIABILITY.get(self.mode, ReliabilityPolicy.BEST_EFFORT))
+        self.retiring = []                 # (subscription, when replaced): make before break
+        want = RELIABILITY.get(self.mode)
+        if want is None:
+            # Discovery fills the graph in the background: a camera already running shows up
+            # within a second or two, and then the first subscription is already the right one.
+            deadline = time.monotonic() + STARTUP_DISCOVERY_S
+            while want is None and time.monotonic() < deadline:
+                want = self.publishers_reliability()
+                if want is None:
+                    time.sleep(0.05)
+        self._subscribe(want or ReliabilityPolicy.BEST_EFFORT)
         if self.mode == 'auto':
-            self.match()
             node.create_timer(1.0, self.match)
 
     def _subscribe(self, reliability) -> None:
+        """A new subscription; the old one keeps delivering for OVERLAP_S (a frame on both is
+        judged on its stamp like any other: the pacer never filters a stamp twice)."""
         if self.sub is not None:
-            self.node.destroy_subscription(self.sub)
+            self.retiring.append((self.sub, time.monotonic()))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.depth,
                          reliability=reliability, durability=DurabilityPolicy.VOLATILE)
         self.sub = self.node.create_subscription(self.msg_type, self.topic, self.on_msg, qos)
@@ -109,6 +125,11 @@ class CameraSubscription:
         return ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
 
     def match(self) -> None:
+        now = time.monotonic()
+        for sub, since in list(self.retiring):
+            if now - since > OVERLAP_S:
+                self.node.destroy_subscription(sub)
+                self.retiring.remove((sub, since))
         want = self.publishers_reliability()
         if want is None or want == self.reliability:
             return

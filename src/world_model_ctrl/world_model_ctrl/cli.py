@@ -23,7 +23,7 @@ def cmd_collect(a) -> int:
     sim = {'image_size': a.image_size, 'noise_std': a.noise_std, 'random_goal': a.random_goal}
     result = collect(a.out, episodes=a.episodes, steps=a.steps, seed=a.seed, policy=a.policy,
                      storage=a.storage, sim_params=sim, domain_id=a.domain_id,
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, world=a.world)
     print(f"wrote {result['bag']}: {result['episodes']} episodes, {result['steps']} steps in "
           f"{result['collect_s']:.1f} s ({result['steps_per_s']:.0f} steps/s)", file=sys.stderr)
     if a.json:
@@ -204,7 +204,8 @@ def cmd_fastdds_profile(a) -> int:
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
-                        a.domain_id, params_file=a.params, progress=not a.no_progress)
+                        a.domain_id, params_file=a.params, progress=not a.no_progress,
+                        world=a.world)
     s.pop('_episodes')
     _write_json(s, a.json)
     print(_eval_summary_lines(s), file=sys.stderr)
@@ -215,7 +216,7 @@ def cmd_demo(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop, write_demo_outputs
     out = Path(a.out)
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, 'cpu', False, a.domain_id,
-                        record_frames=True)
+                        record_frames=True, world=a.world)
     paths = write_demo_outputs(s, out)
     s.pop('_episodes')
     _write_json(s, str(out / 'demo_summary.json'))
@@ -235,6 +236,7 @@ def cmd_up(a) -> int:
     from world_model_ctrl.graph import control_graph
     from world_model_ctrl.paths import resolve_checkpoint
     from world_model_ctrl.procs import NodeGroup, fully_qualified_namespace, ros_env
+    from world_model_ctrl.worlds import get_world
     namespace = fully_qualified_namespace(a.namespace)
     if namespace != '/':
         from rclpy.validate_namespace import validate_namespace
@@ -249,10 +251,10 @@ def cmd_up(a) -> int:
             'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
             'namespace': '' if namespace == '/' else namespace, 'monitor': str(a.monitor).lower(),
             'prior_checkpoint': a.prior_checkpoint or 'shipped',
-            'compressed': str(a.compressed).lower()}
+            'compressed': str(a.compressed).lower(), 'world': a.world}
     graph = control_graph(args, params_file=a.params)
     # Refuse a missing, foreign or non-finite checkpoint here, before any node starts.
-    load_checkpoint(resolve_checkpoint(args['checkpoint'], 'ssm.pt'), 'ssm')
+    load_checkpoint(resolve_checkpoint(args['checkpoint'], get_world(a.world).checkpoint), 'ssm')
     if a.monitor:
         load_checkpoint(resolve_checkpoint(args['prior_checkpoint'], 'prior.pt'), 'prior')
     # Ctrl-C in a terminal reaches every node of the process group as well; either way the
@@ -297,6 +299,13 @@ def _add_train_args(p, default_out: str):
     p.add_argument('--no-progress', action='store_true')
 
 
+def _add_world_arg(p):
+    from world_model_ctrl.worlds import WORLDS
+    p.add_argument('--world', default='overhead', choices=sorted(WORLDS),
+                   help='overhead: camera above, holonomic; onboard: forward camera on a '
+                        'diff-drive robot (its sim and control params, shipped model)')
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='wmc', description='world_model_ctrl command line')
     sub = ap.add_subparsers(dest='command', required=True)
@@ -306,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--episodes', type=int, default=10)
     p.add_argument('--steps', type=int, default=50, help='commands per episode')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'mix'])
+    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'turns', 'mix'],
+                   help="exploration policy ('turns': onboard world only)")
     p.add_argument('--storage', default='mcap', choices=['mcap', 'sqlite3'])
     p.add_argument('--image-size', type=int, default=64)
     p.add_argument('--noise-std', type=float, default=0.0)
@@ -315,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='ROS_DOMAIN_ID for the sim graph (default: inherited)')
     p.add_argument('--json', help='also write the collection summary (rate) to this file')
     p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser('bag-info', help='summarise any rosbag2')
@@ -387,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--domain-id', type=int)
     p.add_argument('--json', help='write the metrics here (default: stdout)')
     p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser('demo', help='what `make demo` runs: a few episodes, a GIF and a plot')
@@ -396,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-steps', type=int, default=100)
     p.add_argument('--out', default='out')
     p.add_argument('--domain-id', type=int)
+    _add_world_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser('up', help='start the control graph without ros2 launch')
@@ -415,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--monitor', action='store_true',
                    help='start image_monitor: the DDPM prior stops the planner on odd frames')
     p.add_argument('--prior-checkpoint', help='image prior checkpoint (default: shipped)')
+    _add_world_arg(p)
     p.set_defaults(func=cmd_up)
     return ap
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from room_sim.world import RoomWorld, WorldConfig, oracle_action
+from room_sim.world import WorldConfig
+from room_sim.worlds import make_world, world_config
 from world_model_ctrl.graph import control_graph
 from world_model_ctrl.procs import NodeGroup, ros_env, wait_for
 
@@ -22,12 +23,19 @@ def _stamp(s) -> int:
     return s.sec * 1_000_000_000 + s.nanosec
 
 
+def action_bounds(cfg) -> np.ndarray:
+    """Per-field bound of a world's actions: (vx, vy) overhead, (v, w) onboard."""
+    turn = getattr(cfg, 'max_turn_rate', None)
+    return np.array([cfg.max_speed, cfg.max_speed if turn is None else turn])
+
+
 def baseline(policy: str, episodes: int, seed: int, max_steps: int,
-             cfg: WorldConfig | None = None, start=None) -> dict:
+             cfg=None, start=None, world_name: str = 'overhead') -> dict:
     """Oracle or random episodes on the ROS-free world, from the sim's seeded starts."""
-    cfg = cfg or WorldConfig()
-    world = RoomWorld(cfg, seed=seed)
+    cfg = cfg or world_config(world_name)
+    world = make_world(world_name, cfg.to_dict(), seed=seed)
     world.reset(start=start)                          # the sim's start-up reset
+    bound = action_bounds(cfg)
     rng = np.random.default_rng(seed + 999)
     steps = []
     for _ in range(episodes):
@@ -38,8 +46,7 @@ def baseline(policy: str, episodes: int, seed: int, max_steps: int,
                 break
             if t == max_steps:
                 break
-            a = oracle_action(world.pos, world.goal, cfg) if policy == 'oracle' \
-                else rng.uniform(-cfg.max_speed, cfg.max_speed, 2)
+            a = world.oracle() if policy == 'oracle' else rng.uniform(-bound, bound)
             world.step(a)
     return {'success_rate': len(steps) / episodes,
             'mean_steps': float(np.mean(steps)) if steps else None, 'steps': steps}
@@ -91,15 +98,16 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                     max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
                     domain_id: int | None = None, record_frames: bool = False,
                     params_file: str | None = None, quiet: bool = True,
-                    progress: bool = True, start=None) -> dict:
-    """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m)."""
+                    progress: bool = True, start=None, world: str = 'overhead') -> dict:
+    """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m) in
+    ``world`` (overhead | onboard)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from tqdm import tqdm
 
-    cfg = WorldConfig()
-    args = {'checkpoint': ckpt or 'shipped', 'device': device}
+    cfg = world_config(world)
+    args = {'checkpoint': ckpt or 'shipped', 'device': device, 'world': world}
     graph = control_graph(args, params_file=params_file)
     for _, exe, spec in graph:
         if exe == 'room_sim':
@@ -178,12 +186,12 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         node.destroy_node()
         rclpy.try_shutdown()
     ok = [r['steps'] for r in results if r['success']]
-    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start)
-    rand = baseline('random', episodes, seed, max_steps, cfg, start)
+    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
+    rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
     ms = np.array(watch.plan_ms) if watch.plan_ms else np.array([np.nan])
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
-        'mode': 'realtime' if realtime else 'lockstep', 'device': device,
+        'mode': 'realtime' if realtime else 'lockstep', 'device': device, 'world': world,
         'checkpoint': str(ckpt or 'shipped'),
         'success_rate': float(np.mean([r['success'] for r in results])),
         'mean_steps': float(np.mean(ok)) if ok else None,
@@ -210,9 +218,22 @@ def write_demo_outputs(summary: dict, out_dir: str | Path, gif_episodes: int = 3
     from world_model_ctrl.viz import distance_plot, trajectory_gif
     out_dir = Path(out_dir)
     eps = summary['_episodes']
-    px = RoomWorld().to_pixels
-    gif_eps = [(np.stack(e['frames']), np.array([px(p) for p in e['track']]))
-               for e in eps[:gif_episodes] if e['frames']]
+    room = RoomWorld(WorldConfig(image_size=64))
+    px = room.to_pixels
+    gif_eps = []
+    for e in eps[:gif_episodes]:
+        if not e['frames']:
+            continue
+        frames, track = np.stack(e['frames']), np.array([px(p) for p in e['track']])
+        if summary.get('world', 'overhead') == 'onboard':
+            # the robot's own camera, and beside it the room from above with the track
+            above = []
+            for pos in e['track'][:len(frames)]:
+                room.pos = np.asarray(pos, np.float64)
+                above.append(room.render())
+            frames = np.concatenate([frames, np.stack(above)], axis=2)
+            track = track + np.array([e['frames'][0].shape[1], 0])
+        gif_eps.append((frames, track))
     paths = {}
     if gif_eps:
         paths['gif'] = str(trajectory_gif(gif_eps, out_dir / 'demo.gif'))

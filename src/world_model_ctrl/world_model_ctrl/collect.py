@@ -28,7 +28,7 @@ COLLECT_TOPICS = {
 
 def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy: str = 'mix',
             storage: str = 'mcap', sim_params: dict | None = None, domain_id: int | None = None,
-            progress: bool = True, timeout: float | None = None) -> dict:
+            progress: bool = True, timeout: float | None = None, world: str = 'overhead') -> dict:
     """Record ``episodes`` x ``steps`` exploration steps into the new bag ``out``.
 
     Arguments are checked before anything starts; if recording fails after the bag directory
@@ -38,14 +38,14 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
     out = Path(out)
     if episodes < 1 or steps < 1:
         raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
-    check_sim_params(sim_params or {})
+    check_sim_params(sim_params or {}, world)
     if out.exists():
         raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
                               'overwritten)')
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         return _record(out, episodes, steps, seed, policy, storage, sim_params, domain_id,
-                       progress, timeout)
+                       progress, timeout, world)
     except Exception:
         if out.exists():        # it did not exist before this run: an incomplete bag
             log.warning('collect failed: removing the incomplete bag %s', out)
@@ -53,33 +53,40 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
         raise
 
 
-def check_sim_params(sim_params: dict) -> None:
-    """room_sim's own checks (image_size >= 8, ...) before any process starts."""
-    from room_sim.world import WorldConfig
-    known = {f.name for f in fields(WorldConfig)}
+def check_sim_params(sim_params: dict, world: str = 'overhead'):
+    """room_sim's own checks (image_size >= 8, ...) before any process starts; the config."""
+    from room_sim.worlds import WORLDS, world_config
+    if world not in WORLDS:
+        raise ValueError(f'world must be one of {sorted(WORLDS)}, got {world!r}')
+    known = {f.name for f in fields(WORLDS[world][0])}
     try:
-        WorldConfig(**{k: v for k, v in sim_params.items() if k in known})
+        cfg = world_config(world, {k: v for k, v in sim_params.items() if k in known})
     except (TypeError, ValueError) as e:
         raise ValueError(f'simulator parameters: {e}') from None
     if sim_params.get('noise_std', 0.0) < 0:
         raise ValueError(f"simulator parameters: noise_std must be >= 0, got "
                          f"{sim_params['noise_std']}")
+    return cfg
 
 
 def _record(out: Path, episodes: int, steps: int, seed: int, policy: str, storage: str,
             sim_params: dict | None, domain_id: int | None, progress: bool,
-            timeout: float | None) -> dict:
+            timeout: float | None, world: str = 'overhead') -> dict:
     import rclpy
     from rclpy.node import Node
 
     env = ros_env(domain_id)
-    sim = NodeSpec('room_sim.node', {'mode': 'lockstep', 'seed': seed, **(sim_params or {})})
+    from world_model_ctrl.closed_loop import action_bounds
+    cfg = check_sim_params(sim_params or {}, world)
+    sim = NodeSpec('room_sim.node', {'mode': 'lockstep', 'seed': seed, 'world': world,
+                                     **(sim_params or {})})
     rec = NodeSpec('world_model_ctrl.recorder', {
         'output': str(out), 'storage': storage, 'topics': list(COLLECT_TOPICS),
         'types': [f'{t}:{m}' for t, m in COLLECT_TOPICS.items()]})
     exp = NodeSpec('world_model_ctrl.explorer', {
         'policy': policy, 'episodes': episodes, 'steps': steps, 'seed': seed + 1,
-        'max_speed': float((sim_params or {}).get('max_speed', 0.5)), 'progress': progress,
+        'max_speed': float(cfg.max_speed), 'progress': progress, 'world': world,
+        'action_limits': [float(v) for v in action_bounds(cfg)],
         'min_cmd_subscribers': 2})
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from world_model_ctrl.paths import config_file
 from world_model_ctrl.procs import NodeSpec
+from world_model_ctrl.worlds import get_world
 
 # (package, executable) -> Python module with main(), i.e. what `ros2 run` would start.
 EXECUTABLES = {
@@ -29,6 +30,7 @@ LAUNCH_ARGS = {
     'namespace': '',                        # 'robot1' or '/robot1'; '' = the root
     'monitor': 'false',
     'prior_checkpoint': 'shipped',
+    'world': 'overhead',                    # overhead | onboard: sim, control params, model
 }
 
 
@@ -43,16 +45,18 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
     unknown = set(a) - set(LAUNCH_ARGS)
     if unknown:
         raise ValueError(f'unknown launch arguments {sorted(unknown)}')
-    control = str(params_file or config_file('control.yaml'))
-    sim = str(sim_params_file or config_file('sim.yaml'))
+    world = get_world(a['world'])
+    control = str(params_file or config_file(world.control_params))
+    sim = str(sim_params_file or config_file(world.sim_params))
     remaps = {'camera/image_raw': a['image_topic'], 'cmd_vel': a['cmd_vel_topic']}
     common = {'cmd_vel_stamped': _bool(a['cmd_vel_stamped']),
               'use_sim_time': _bool(a['use_sim_time'])}
-    model = {'checkpoint': a['checkpoint'], 'device': a['device'], **common}
+    model = {'checkpoint': a['checkpoint'], 'device': a['device'], 'world': world.name,
+             **common}
     nodes = []
     if _bool(a['use_sim']):
         nodes.append(('room_sim', 'room_sim', NodeSpec(
-            'room_sim.node', dict(common), dict(remaps), [sim], 'room_sim')))
+            'room_sim.node', {**common, 'world': world.name}, dict(remaps), [sim], 'room_sim')))
     compressed = {'compressed': _bool(a['compressed'])}
     # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
     planner = {**model, 'require_monitor': _bool(a['monitor'])}

@@ -38,6 +38,7 @@ from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
 from world_model_ctrl.ssm import WorldModel
+from world_model_ctrl.worlds import get_world
 from world_model_ctrl.views import ImageView, imagined
 
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
@@ -53,6 +54,7 @@ class PlannerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('planner', **kwargs)
         self.declare_parameter('checkpoint', 'shipped')
+        self.declare_parameter('world', 'overhead')   # whose model 'shipped' means
         self.declare_parameter('device', 'cpu')
         self.declare_parameter('trigger', 'timer')
         self.declare_parameter('rate_hz', 10.0)
@@ -86,7 +88,7 @@ class PlannerNode(Node):
             require_positive(name, p(name).value)
         torch.set_num_threads(max(1, p('threads').value))
         torch.set_flush_denormal(True)      # denormals slow CPU kernels several-fold
-        ckpt = resolve_checkpoint(p('checkpoint').value, 'ssm.pt')
+        ckpt = resolve_checkpoint(p('checkpoint').value, get_world(p('world').value).checkpoint)
         self.device = resolve_device(p('device').value)
         self.model = WorldModel.from_checkpoint(ckpt, device=self.device)
         self.fields = check_action_fields(p('action_fields').value, self.model.config.action_dim)
