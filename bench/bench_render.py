@@ -1,13 +1,15 @@
 """Frames per second of both room_sim worlds' renderers (and of a full step), plus the oracle's
 steps to the goal, -> JSON.
 
-    .venv/bin/python bench/bench_render.py --json docs/bench/render.json
+    .venv/bin/python bench/bench_render.py --json docs/bench/render.json \
+        --strip docs/img/onboard_views.png
 
 A frame is one ``render()`` call (64x64 RGB, uint8) from poses that change every frame, so no
 cache can help; a step is ``step(action)`` = physics + render. Oracle steps: the true-state
 controller from ``--oracle-starts`` seeded random starts (heading too, for onboard) to success.
 """
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -57,6 +59,22 @@ def oracle_steps(world, starts: int, limit: int = 500) -> list:
     return steps
 
 
+# (x, y, heading) poses for the picture of the onboard camera in docs/sim.md
+STRIP_POSES = [(0.3, 0.3, 0.0), (0.3, 0.3, math.pi / 4), (0.3, 0.3, math.pi / 2),
+               (1.0, 0.5, -math.pi / 2), (1.7, 1.7, -3 * math.pi / 4), (0.5, 1.5, -0.5),
+               (1.0, 0.75, math.pi / 2), (1.0, 1.0, 0.3)]
+
+
+def save_strip(path: str, scale: int = 2) -> None:
+    """Onboard frames from STRIP_POSES side by side, each enlarged ``scale`` times (PNG)."""
+    import cv2
+    world = OnboardWorld(OnboardConfig(), seed=0)
+    strip = np.concatenate([world.reset(start=p) for p in STRIP_POSES], axis=1)
+    strip = np.repeat(np.repeat(strip, scale, 0), scale, 1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), strip[..., ::-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--frames', type=int, default=3000)
@@ -64,7 +82,10 @@ def main():
     ap.add_argument('--image-size', type=int, default=64)
     ap.add_argument('--oracle-starts', type=int, default=50)
     ap.add_argument('--json')
+    ap.add_argument('--strip', help='also save a PNG of onboard camera frames here')
     a = ap.parse_args()
+    if a.strip:
+        save_strip(a.strip)
     out = {'benchmark': f'room_sim render/step frames per second ({a.image_size}x'
                         f'{a.image_size} RGB, one process, numpy)',
            'machine': machine_info(), 'frames_per_run': a.frames, 'runs': a.runs,
