@@ -3,7 +3,6 @@ domain (the sim runs as its own process)."""
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from geometry_msgs.msg import PoseStamped, Twist
