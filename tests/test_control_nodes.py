@@ -155,13 +155,14 @@ def _ns(stamp) -> int:
 @pytest.mark.parametrize('offset_s', [-2.0, 2.0])
 def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node, tiny_ssm_ckpt,
                                                                        offset_s):
-    """A camera 2 s behind (or ahead): cmd_vel is still stamped now (a base controller with a
+    """A camera 2 s behind (or ahead): cmd_vel is stamped when sent (a base controller with a
     0.5 s cmd_vel_timeout keeps every command), and planner/answered names exactly the frames,
     one command per belief, the same twist as on cmd_vel; watchdog zeros answer no frame."""
-    cmds, answered = [], []       # (message, DDS reception time in this process, ns)
+    # (message, DDS time: when the planner wrote a command, when an answer arrived here, ns)
+    cmds, answered = [], []
     qos = QoSProfile(depth=1000)
     ros_node.create_subscription(TwistStamped, 'cmd_vel',
-                                 lambda m, i: cmds.append((m, i['received_timestamp'])), qos)
+                                 lambda m, i: cmds.append((m, i['source_timestamp'])), qos)
     ros_node.create_subscription(TwistStamped, 'planner/answered',
                                  lambda m, i: answered.append((m, i['received_timestamp'])), qos)
     pub = ros_node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=100))
@@ -201,8 +202,10 @@ def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node
     assert got[-8:] == measured, 'planner/answered does not carry the frame stamps'
     assert set(got) <= set(sent) and len(got) == len(set(got)), 'one answer per frame'
     assert all(m.header.frame_id == 'cam' for m, _ in answered)
-    age = np.array([(recv - _ns(m.header.stamp)) / 1e9 for m, recv in cmds])
-    assert np.all(np.abs(age) < 0.3), f'cmd_vel stamps off the receiver clock by {age}'
+    # the stamp is the planner's clock when it published (the DDS source timestamp: delivery
+    # delays on a loaded machine, e.g. a burst when the subscription matched, do not count)
+    age = np.array([(sent - _ns(m.header.stamp)) / 1e9 for m, sent in cmds])
+    assert np.all(np.abs(age) < 0.05), f'cmd_vel stamps off the publishing clock by {age}'
     twists = {(m.twist.linear.x, m.twist.linear.y) for m, _ in cmds}
     assert all((m.twist.linear.x, m.twist.linear.y) in twists for m, _ in answered)
     assert any(m.twist.linear.x or m.twist.linear.y for m, _ in answered)
