@@ -176,3 +176,17 @@ def test_runs_on_cuda_with_cpu_belief():
     res = cem_plan(linear_model(goal), torch.zeros(2), torch.zeros(2), c, generator=seeded())
     assert res.action.device.type == "cuda"
     assert torch.allclose(res.action.cpu(), goal.cpu(), atol=0.02)
+
+
+def test_per_dimension_std_explores_each_field_on_its_own_scale():
+    """A speed in m/s beside a turn rate in rad/s: one std per action dimension (the planner's
+    relative_std). With every candidate an elite, one refit returns the sampling std itself;
+    the floor applies per dimension too."""
+    flat = lambda z0, a: torch.zeros(a.shape[0], a.shape[1])        # noqa: E731
+    c = cfg(candidates=4000, top_k=4000, iterations=1, horizon=2, init_std=(0.3, 1.8),
+            min_std=(0.05, 2.5), action_low=(-5.0, -10.0), action_high=(5.0, 10.0))
+    res = cem_plan(flat, torch.zeros(2), torch.zeros(2), c, generator=seeded())
+    assert res.plan_std[:, 0] == pytest.approx([0.3, 0.3], rel=0.05)   # its own init std
+    assert torch.all(res.plan_std[:, 1] == 2.5)                          # floored at 2.5
+    with pytest.raises(ValueError, match='init_std has 3 values for 2'):
+        cfg(init_std=(0.1, 0.2, 0.3))

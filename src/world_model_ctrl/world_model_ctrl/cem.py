@@ -30,8 +30,9 @@ class CEMConfig:
     particles: int = 4  # P: latent samples z_t ~ q(z_t) each candidate is scored under
     action_low: tuple = field(default_factory=lambda: (-0.5, -0.5))  # (A,) per-dim lower bound
     action_high: tuple = field(default_factory=lambda: (0.5, 0.5))  # (A,) per-dim upper bound
-    init_std: float = 0.3  # std of the sampling Gaussian at the start of every plan
-    min_std: float = 0.05  # floor on the refit std, so the search never collapses to a point
+    init_std: float | tuple = 0.3  # std of the sampling Gaussian at the start of every plan
+    min_std: float | tuple = 0.05  # floor on the refit std: the search never collapses
+    # (either one number for every action dimension, or one per dimension)
     warm_start: bool = True  # start from the previous plan shifted by one step (CEMPlanner)
     device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...
 
@@ -50,8 +51,16 @@ class CEMConfig:
             raise ValueError("iterations must be >= 0")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError("gamma must be in (0, 1]")
-        if self.init_std < 0.0 or self.min_std < 0.0:
-            raise ValueError("init_std and min_std must be >= 0")
+        for name in ("init_std", "min_std"):
+            v = getattr(self, name)
+            v = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
+            setattr(self, name, v)
+            vals = v if isinstance(v, tuple) else (v,)
+            if isinstance(v, tuple) and len(v) != len(self.action_low):
+                raise ValueError(f"{name} has {len(v)} values for {len(self.action_low)} "
+                                 f"action dimensions")
+            if any(x < 0.0 for x in vals):
+                raise ValueError("init_std and min_std must be >= 0")
 
     @property
     def action_dim(self) -> int:
@@ -134,7 +143,8 @@ def cem_plan(
     else:
         mean = init_mean.to(device=device, dtype=torch.float32).reshape(H, A)
         mean = torch.clamp(mean, low, high)
-    std = torch.full((H, A), cfg.init_std, device=device)  # (H, A)
+    std = torch.as_tensor(cfg.init_std, dtype=torch.float32, device=device).expand(H, A)
+    min_std = torch.as_tensor(cfg.min_std, dtype=torch.float32, device=device)  # () or (A,)
     discount = cfg.gamma ** torch.arange(1, H + 1, device=device, dtype=torch.float32)  # (H,)
 
     predicted_return = float("nan")
@@ -153,7 +163,7 @@ def cem_plan(
         top_returns, top_idx = torch.topk(returns, K)  # (K,)
         elites = actions[top_idx]  # (K, H, A)
         mean = elites.mean(0)  # (H, A)
-        std = elites.std(0, unbiased=False).clamp_min(cfg.min_std)  # (H, A)
+        std = torch.maximum(elites.std(0, unbiased=False), min_std)  # (H, A)
         predicted_return = top_returns.mean()  # stays a tensor: no device sync per iteration
 
     return CEMResult(

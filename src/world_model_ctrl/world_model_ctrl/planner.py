@@ -72,6 +72,9 @@ class PlannerNode(Node):
         # Score candidates on the transition's mean path (particles carry the belief's
         # uncertainty) or on sampled transitions (PlaNet).
         self.declare_parameter('sample_transitions', False)
+        # init_std/min_std in units of each action field's limit (true) or absolute (false):
+        # fields of different units (m/s, rad/s) need the former
+        self.declare_parameter('relative_std', False)
         # planner/imagined (rgb8): the chosen plan's decoded frames, for people (views.py)
         self.declare_parameter('publish_imagined', False)
         self.declare_parameter('imagined_rate_hz', 1.0)
@@ -101,7 +104,11 @@ class PlannerNode(Node):
             limits = []
         self.high = resolve_limits(self.fields, limits, spec, ckpt)
         self.low = -self.high
-        cfg = CEMConfig(**{k: p(k).value for k in CEM_PARAMS}, device=str(self.device),
+        cem = {k: p(k).value for k in CEM_PARAMS}
+        if p('relative_std').value:     # fractions of each field's limit (m/s and rad/s alike)
+            for k in ('init_std', 'min_std'):
+                cem[k] = tuple(float(cem[k] * h) for h in self.high)
+        cfg = CEMConfig(**cem, device=str(self.device),
                         action_low=tuple(self.low), action_high=tuple(self.high))
         self.cem = CEMPlanner(cfg, generator=torch.Generator().manual_seed(p('seed').value))
         self.timeout = p('belief_timeout').value
