@@ -29,12 +29,12 @@ Success: ||pos - goal||_2 <= success_radius.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from room_sim.world import reward_of
+from room_sim.world import ConfigDict, reward_of
 
 ACTION_FIELDS = ('linear.x', 'angular.z')
 
@@ -45,7 +45,7 @@ def wrap_angle(a):
 
 
 @dataclass
-class OnboardConfig:
+class OnboardConfig(ConfigDict):
     """Parameters of the onboard world (lengths in metres, times in seconds, angles as named)."""
 
     room_size: float = 2.0           # side of the square room, walls included
@@ -86,17 +86,6 @@ class OnboardConfig:
         if len(self.wall_colors) != 4:
             raise ValueError('wall_colors needs 4 colours (east, north, west, south)')
 
-    @classmethod
-    def from_dict(cls, d: dict) -> 'OnboardConfig':
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f'unknown world parameters: {sorted(unknown)}')
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @property
     def action_fields(self) -> tuple:
         return ACTION_FIELDS
@@ -113,11 +102,6 @@ class OnboardConfig:
     def goal_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         half = np.asarray(self.goal_size, dtype=np.float64) / 2
         return self.wall + half, self.room_size - self.wall - half
-
-    def default_goal(self) -> np.ndarray:
-        if self.goal is not None:
-            return np.asarray(self.goal, dtype=np.float64)
-        return np.full(2, self.room_size / 2)
 
 
 def unicycle_step(pos: np.ndarray, heading: float, action: Sequence[float],

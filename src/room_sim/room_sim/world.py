@@ -20,8 +20,29 @@ from typing import Optional, Sequence
 import numpy as np
 
 
+class ConfigDict:
+    """What every world's config dataclass shares: dict round trip (unknown keys refused)
+    and the goal's default place."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f'unknown world parameters: {sorted(unknown)}')
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def default_goal(self) -> np.ndarray:
+        if self.goal is not None:
+            return np.asarray(self.goal, dtype=np.float64)
+        return np.full(2, self.room_size / 2)
+
+
 @dataclass
-class WorldConfig:
+class WorldConfig(ConfigDict):
     """Parameters of the room (all lengths in metres, times in seconds)."""
 
     room_size: float = 2.0           # side of the square room, walls included
@@ -48,17 +69,6 @@ class WorldConfig:
         if 2 * self.wall + max(self.robot_size) >= self.room_size:
             raise ValueError('robot does not fit between the walls')
 
-    @classmethod
-    def from_dict(cls, d: dict) -> 'WorldConfig':
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f'unknown world parameters: {sorted(unknown)}')
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @property
     def action_fields(self) -> tuple:
         """The cmd_vel (Twist) fields that form the action."""
@@ -73,11 +83,6 @@ class WorldConfig:
         """Lowest and highest centre of a rectangle of ``size`` that stays on the floor."""
         half = np.asarray(size, dtype=np.float64) / 2
         return self.wall + half, self.room_size - self.wall - half
-
-    def default_goal(self) -> np.ndarray:
-        if self.goal is not None:
-            return np.asarray(self.goal, dtype=np.float64)
-        return np.full(2, self.room_size / 2)
 
 
 def reward_of(pos: np.ndarray, goal: np.ndarray, cfg: WorldConfig) -> float:
