@@ -77,26 +77,37 @@ class GoalSeekerPolicy(Policy):
         return self.clip(a + self.noise * self.rng.normal(size=2))
 
 
-class MixPolicy(Policy):
-    """Switch between random, OU and goal-seeking every ``segment`` steps."""
+class _Switching:
+    """A mix of policies: every ``segment`` steps one of ``parts`` is drawn (``weights``)."""
 
-    def __init__(self, max_speed, rng, segment: int = 8, weights=(0.3, 0.3, 0.4)):
-        super().__init__(max_speed, rng)
-        self.parts = [RandomPolicy(max_speed, rng), OUPolicy(max_speed, rng),
-                      GoalSeekerPolicy(max_speed, rng)]
-        self.segment, self.weights = segment, np.asarray(weights) / np.sum(weights)
-        self.t, self.current = 0, self.parts[0]
+    def _mix(self, parts, segment: int, weights) -> None:
+        self.parts, self.segment = parts, segment
+        self.weights = np.asarray(weights) / np.sum(weights)
+        self.t, self.current = 0, parts[0]
 
     def reset(self):
         self.t = 0
         for p in self.parts:
             p.reset()
 
-    def act(self, pos, goal):
+    def _part(self):
+        """The policy acting this step."""
         if self.t % self.segment == 0:
             self.current = self.parts[self.rng.choice(len(self.parts), p=self.weights)]
         self.t += 1
-        return self.current.act(pos, goal)
+        return self.current
+
+
+class MixPolicy(_Switching, Policy):
+    """Switch between random, OU and goal-seeking every ``segment`` steps."""
+
+    def __init__(self, max_speed, rng, segment: int = 8, weights=(0.3, 0.3, 0.4)):
+        super().__init__(max_speed, rng)
+        self._mix([RandomPolicy(max_speed, rng), OUPolicy(max_speed, rng),
+                   GoalSeekerPolicy(max_speed, rng)], segment, weights)
+
+    def act(self, pos, goal):
+        return self._part().act(pos, goal)
 
 
 # -- differential drive: (v, w) = (linear.x m/s, angular.z rad/s) --------------------------------
@@ -216,27 +227,18 @@ class DriveGoalPolicy(DrivePolicy):
         return self.clip(np.array([v, w]) + self.noise * self.rng.normal(size=2))
 
 
-class DriveMixPolicy(DrivePolicy):
+class DriveMixPolicy(_Switching, DrivePolicy):
     """Switch between random, OU, turns and goal-seeking every ``segment`` steps."""
 
     def __init__(self, limits, rng, dt=0.1, segment: int = 10,
                  weights=(0.15, 0.2, 0.4, 0.25)):
         super().__init__(limits, rng, dt)
-        self.parts = [DriveRandomPolicy(limits, rng, dt), DriveOUPolicy(limits, rng, dt),
-                      TurnsPolicy(limits, rng, dt), DriveGoalPolicy(limits, rng, dt)]
-        self.segment, self.weights = segment, np.asarray(weights) / np.sum(weights)
-        self.t, self.current = 0, self.parts[0]
-
-    def reset(self):
-        self.t = 0
-        for p in self.parts:
-            p.reset()
+        self._mix([DriveRandomPolicy(limits, rng, dt), DriveOUPolicy(limits, rng, dt),
+                   TurnsPolicy(limits, rng, dt), DriveGoalPolicy(limits, rng, dt)],
+                  segment, weights)
 
     def act(self, pos, goal, heading=None):
-        if self.t % self.segment == 0:
-            self.current = self.parts[self.rng.choice(len(self.parts), p=self.weights)]
-        self.t += 1
-        return self.current.act(pos, goal, heading)
+        return self._part().act(pos, goal, heading)
 
 
 def make_policy(name: str, max_speed: float = 0.5, seed: int | None = None,
