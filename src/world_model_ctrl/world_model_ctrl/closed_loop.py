@@ -23,19 +23,13 @@ def _stamp(s) -> int:
     return s.sec * 1_000_000_000 + s.nanosec
 
 
-def action_bounds(cfg) -> np.ndarray:
-    """Per-field bound of a world's actions: (vx, vy) overhead, (v, w) onboard."""
-    turn = getattr(cfg, 'max_turn_rate', None)
-    return np.array([cfg.max_speed, cfg.max_speed if turn is None else turn])
-
-
 def baseline(policy: str, episodes: int, seed: int, max_steps: int,
              cfg=None, start=None, world_name: str = 'overhead') -> dict:
     """Oracle or random episodes on the ROS-free world, from the sim's seeded starts."""
     cfg = cfg or world_config(world_name)
     world = make_world(world_name, cfg.to_dict(), seed=seed)
     world.reset(start=start)                          # the sim's start-up reset
-    bound = action_bounds(cfg)
+    bound = np.array(cfg.action_limits)       # (vx, vy) overhead, (v, w) onboard
     rng = np.random.default_rng(seed + 999)
     steps = []
     for _ in range(episodes):

@@ -76,7 +76,6 @@ def _record(out: Path, episodes: int, steps: int, seed: int, policy: str, storag
     from rclpy.node import Node
 
     env = ros_env(domain_id)
-    from world_model_ctrl.closed_loop import action_bounds
     cfg = check_sim_params(sim_params or {}, world)
     sim = NodeSpec('room_sim.node', {'mode': 'lockstep', 'seed': seed, 'world': world,
                                      **(sim_params or {})})
@@ -86,7 +85,7 @@ def _record(out: Path, episodes: int, steps: int, seed: int, policy: str, storag
     exp = NodeSpec('world_model_ctrl.explorer', {
         'policy': policy, 'episodes': episodes, 'steps': steps, 'seed': seed + 1,
         'max_speed': float(cfg.max_speed), 'progress': progress, 'world': world,
-        'action_limits': [float(v) for v in action_bounds(cfg)], 'dt': float(cfg.dt),
+        'action_limits': [float(v) for v in cfg.action_limits], 'dt': float(cfg.dt),
         'min_cmd_subscribers': 2})
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
