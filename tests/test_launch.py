@@ -6,11 +6,12 @@ stand-ins that evaluate substitutions and typed parameters the way launch_ros do
 import importlib.util
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
+
+from launchkit import standins
 
 from world_model_ctrl.cli import build_parser
 from world_model_ctrl.graph import LAUNCH_ARGS, control_graph
@@ -36,27 +37,8 @@ class _PathJoin:                # launch.substitutions.PathJoinSubstitution
 
 
 def _standins(share: Path) -> dict:
-    """Fake modules: every class records its constructor arguments."""
-    def record(kind):
-        class Action:
-            def __init__(self, *args, **kwargs):
-                self.kind, self.args, self.kwargs = kind, args, kwargs
-        Action.__name__ = kind
-        return Action
-    mods = {name: types.ModuleType(name) for name in (
-        'launch', 'launch.actions', 'launch.conditions', 'launch.substitutions', 'launch_ros',
-        'launch_ros.actions', 'ament_index_python', 'ament_index_python.packages')}
-    mods['launch'].LaunchDescription = lambda entities: list(entities)
-    mods['launch.actions'].DeclareLaunchArgument = record('DeclareLaunchArgument')
-    mods['launch.actions'].SetEnvironmentVariable = record('SetEnvironmentVariable')
-    mods['launch.conditions'].IfCondition = record('IfCondition')
-    mods['launch.substitutions'].LaunchConfiguration = _Subst
-    mods['launch.substitutions'].PythonExpression = _PyExpr
-    mods['launch.substitutions'].PathJoinSubstitution = _PathJoin
-    mods['launch_ros.actions'].Node = record('Node')
-    mods['ament_index_python.packages'].get_package_share_directory = \
-        lambda pkg: str(share) if pkg == 'world_model_ctrl' else pytest.fail(pkg)
-    return mods
+    return standins(share, {'LaunchConfiguration': _Subst, 'PythonExpression': _PyExpr,
+                            'PathJoinSubstitution': _PathJoin})
 
 
 def launched_graph(args: dict, monkeypatch) -> list[tuple]:

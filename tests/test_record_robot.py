@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from bagfactory import SynthBag
+from launchkit import standins
 from world_model_ctrl.data import DataConfig, bag_to_episodes
 from world_model_ctrl.paths import config_file, share_dir
 
@@ -39,25 +40,7 @@ class _Typed:
 
 
 def _standins() -> dict:
-    def record(kind):
-        class Action:
-            def __init__(self, *args, **kwargs):
-                self.kind, self.args, self.kwargs = kind, args, kwargs
-        Action.__name__ = kind
-        return Action
-    mods = {name: types.ModuleType(name) for name in (
-        'launch', 'launch.actions', 'launch.substitutions', 'launch_ros', 'launch_ros.actions',
-        'launch_ros.parameter_descriptions', 'ament_index_python',
-        'ament_index_python.packages')}
-    mods['launch'].LaunchDescription = lambda entities: list(entities)
-    for kind in ('DeclareLaunchArgument', 'SetEnvironmentVariable', 'OpaqueFunction'):
-        setattr(mods['launch.actions'], kind, record(kind))
-    mods['launch.substitutions'].LaunchConfiguration = _Config
-    mods['launch_ros.actions'].Node = record('Node')
-    mods['launch_ros.parameter_descriptions'].ParameterValue = _Typed
-    mods['ament_index_python.packages'].get_package_share_directory = \
-        lambda pkg: str(share_dir()) if pkg == 'world_model_ctrl' else pytest.fail(pkg)
-    return mods
+    return standins(share_dir(), {'LaunchConfiguration': _Config}, _Typed)
 
 
 def _typed(value):
