@@ -190,3 +190,12 @@ def test_a_wanted_frame_that_proves_unusable_does_not_use_up_the_step():
             pacer.took(t + MS)
             taken_good += 1
     assert taken_good == 20
+
+
+@pytest.mark.parametrize('step', [STEP, 0])
+def test_the_same_frame_twice_is_taken_once(step):
+    """While the camera subscription is swapped (QoS auto), a frame may come on both: with a
+    camera slower than the model (5 Hz) or no recorded step, it must not be filtered twice."""
+    pacer = FramePacer(step)
+    got = [s for s in (0, 200, 200, 400, 400, 600) if pacer.take(s * MS)]
+    assert got == [0, 200, 400, 600]

@@ -276,6 +276,7 @@ class FramePacer:
         self.intervals: list[int] = []          # recent camera frame intervals
         self.window = window
         self.restart = False                    # the wanted frame restarts the schedule
+        self.taken: Optional[int] = None        # the stamp of the last frame taken
 
     def camera_interval(self) -> int:
         """Median of the recent camera frame intervals (0 until two frames came)."""
@@ -284,6 +285,8 @@ class FramePacer:
         return sorted(self.intervals)[len(self.intervals) // 2]
 
     def wants(self, stamp_ns: int) -> bool:
+        if stamp_ns == self.taken:
+            return False        # the same frame again (e.g. on two subscriptions while they swap)
         if self.last is not None and stamp_ns > self.last:
             self.intervals = (self.intervals + [stamp_ns - self.last])[-self.window:]
         backwards = self.last is not None and stamp_ns < self.last
@@ -295,6 +298,7 @@ class FramePacer:
         return self.restart or stamp_ns >= self.due - self.camera_interval() // 2
 
     def took(self, stamp_ns: int) -> None:
+        self.taken = stamp_ns
         if self.step > 0:
             self.due = stamp_ns + self.step if self.restart else self.due + self.step
 
@@ -306,4 +310,4 @@ class FramePacer:
         return False
 
     def reset(self) -> None:
-        self.due = None
+        self.due = self.taken = None
