@@ -203,6 +203,16 @@ def cmd_fastdds_profile(a) -> int:
 
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
+    if a.no_ros:
+        if a.realtime or a.device != 'cpu':
+            raise SystemExit('wmc eval: --no-ros runs lockstep on the CPU (drop --realtime '
+                             'and --device)')
+        from world_model_ctrl.offline_loop import run_offline
+        s = run_offline(a.ckpt, a.episodes, a.seed, a.max_steps, a.world, a.params,
+                        progress=not a.no_progress)
+        _write_json(s, a.json)
+        print(_eval_summary_lines(s), file=sys.stderr)
+        return 0
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
                         a.domain_id, params_file=a.params, progress=not a.no_progress,
                         world=a.world)
@@ -394,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu')
     p.add_argument('--realtime', action='store_true',
                    help='realtime sim at 10 Hz with a timer-driven planner (default: lockstep)')
+    p.add_argument('--no-ros', action='store_true',
+                   help='lockstep without ROS: the world, filter and CEM called in one process '
+                        '(same starts and planner parameters; CPU, quick model checks)')
     p.add_argument('--params', help='control params YAML (default: config/control.yaml)')
     p.add_argument('--domain-id', type=int)
     p.add_argument('--json', help='write the metrics here (default: stdout)')

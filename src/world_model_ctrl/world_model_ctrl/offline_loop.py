@@ -1,0 +1,118 @@
+"""`wmc eval --no-ros`: the lockstep closed loop without ROS, for quick model checks.
+
+The same pieces the nodes run, called directly: the world renders a frame, the filter
+(``WorldModel.step``, as the belief node) updates the belief with the command that led to it,
+CEM (as the planner node, same parameters from the control params file) picks the command,
+the world applies it. Starts come from the sim's seeded RNG in the same order as over ROS
+(`closed_loop.baseline` does the same for the oracle), so the episodes are those of
+`wmc eval` in lockstep; only the transport is missing. Deterministic for a given seed: the
+CEM generator is seeded once (the planner's ``seed`` parameter) and runs on one thread.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from room_sim.worlds import make_world, world_config
+from world_model_ctrl.actions import resolve_limits, trained_spec
+from world_model_ctrl.cem import CEMConfig, CEMPlanner
+from world_model_ctrl.paths import config_file, resolve_checkpoint
+from world_model_ctrl.ssm import WorldModel, images_to_tensor
+from world_model_ctrl.worlds import get_world
+
+
+def planner_params(params_file=None, world: str = 'overhead') -> dict:
+    """The planner's ros__parameters from a control params file (default: the world's)."""
+    path = Path(params_file or config_file(get_world(world).control_params))
+    doc = yaml.safe_load(path.read_text()) or {}
+    for key in ('/**/planner', 'planner', '/planner'):
+        if key in doc:
+            return dict(doc[key].get('ros__parameters', {}))
+    return {}
+
+
+def make_planner(model: WorldModel, params: dict, ckpt) -> tuple[CEMPlanner, bool]:
+    """A CEMPlanner configured like the planner node with these parameters."""
+    from world_model_ctrl.planner import CEM_PARAMS
+    spec = trained_spec(model.checkpoint_extra)
+    fields = params.get('action_fields') or spec['fields']
+    high = resolve_limits(fields, params.get('action_limits') or [], spec, ckpt)
+    cem = {k: params.get(k, v) for k, v in CEM_PARAMS.items()}
+    if params.get('relative_std', False):
+        for k in ('init_std', 'min_std'):
+            cem[k] = tuple(float(cem[k] * h) for h in high)
+    cfg = CEMConfig(**cem, device='cpu', action_low=tuple(-high), action_high=tuple(high))
+    gen = torch.Generator().manual_seed(int(params.get('seed', 0)))
+    return CEMPlanner(cfg, generator=gen), bool(params.get('sample_transitions', False))
+
+
+@torch.no_grad()
+def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 100,
+                world: str = 'overhead', params_file=None, overrides: dict | None = None,
+                start=None, progress: bool = True) -> dict:
+    """Lockstep episodes from the sim's seeded starts; the same summary keys as `wmc eval`."""
+    from tqdm import tqdm
+
+    from world_model_ctrl.closed_loop import baseline
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
+    model = WorldModel.from_checkpoint(path, device='cpu').eval()
+    params = {**planner_params(params_file, world), **(overrides or {})}
+    planner, sample = make_planner(model, params, path)
+    rollout = lambda z0, a: model.imagine_rewards(z0, a, sample=sample)   # noqa: E731
+    cfg = world_config(world)
+    sim = make_world(world, cfg.to_dict(), seed=seed)
+    sim.reset(start=start)                             # the sim's start-up reset
+    results, plan_ms, t_start = [], [], time.monotonic()
+    bar = tqdm(range(episodes), desc='eval (no ROS)', unit='ep', disable=not progress)
+    for _ in bar:
+        frame = sim.reset(start=start)
+        planner.reset()
+        h, last = None, torch.zeros(1, model.config.action_dim)
+        track, outcome = [sim.pos.copy()], None
+        for t in range(max_steps + 1):
+            if sim.success():
+                outcome = (True, t)
+                break
+            if t == max_steps:
+                outcome = (False, max_steps)
+                break
+            h, mean, std = model.step(h, images_to_tensor(frame[None]), last)
+            t0 = time.perf_counter()
+            action = planner.plan(rollout, mean[0], std[0]).action
+            plan_ms.append((time.perf_counter() - t0) * 1e3)
+            last = action.reshape(1, -1).float()
+            frame, _, _ = sim.step(action.double().numpy())
+            track.append(sim.pos.copy())
+        results.append({'success': outcome[0], 'steps': outcome[1], 'track': np.array(track)})
+        bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
+    ok = [r['steps'] for r in results if r['success']]
+    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
+    rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
+    ms = np.array(plan_ms) if plan_ms else np.array([np.nan])
+    summary = {
+        'episodes': episodes, 'seed': seed, 'max_steps': max_steps, 'mode': 'lockstep-no-ros',
+        'device': 'cpu', 'world': world, 'checkpoint': str(ckpt or 'shipped'),
+        'planner_overrides': dict(overrides or {}),
+        'success_rate': float(np.mean([r['success'] for r in results])),
+        'mean_steps': float(np.mean(ok)) if ok else None,
+        'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
+        'random_success_rate': rand['success_rate'], 'random_mean_steps': rand['mean_steps'],
+        'plan_ms_p50': float(np.percentile(ms, 50)), 'plan_ms_p99': float(np.percentile(ms, 99)),
+        'plan_ms_max': float(np.max(ms)), 'plans': len(plan_ms),
+        'control_period_ms': 1000.0 * cfg.dt,
+        'wall_s': round(time.monotonic() - t_start, 1),
+        'per_episode': [{'success': r['success'], 'steps': r['steps'],
+                         'oracle_steps': (oracle['steps'][i] if i < len(oracle['steps'])
+                                          else None),
+                         'start': [float(v) for v in r['track'][0]]}
+                        for i, r in enumerate(results)],
+    }
+    if summary['mean_steps'] and oracle['mean_steps']:
+        summary['steps_ratio_vs_oracle'] = summary['mean_steps'] / oracle['mean_steps']
+    return summary
