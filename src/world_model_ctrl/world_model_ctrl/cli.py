@@ -31,6 +31,18 @@ def cmd_collect(a) -> int:
     return 0
 
 
+def cmd_collect_planner(a) -> int:
+    from world_model_ctrl.planner_data import collect_planner
+    r = collect_planner(a.out, a.ckpt, a.episodes, a.steps, a.seed, a.noise, a.world, a.params,
+                        a.storage, progress=not a.no_progress)
+    print(f"wrote {r['bag']}: {r['episodes']} planner episodes, {r['steps']} steps in "
+          f"{r['wall_s']:.0f} s; the goal was reached in {r['reached_goal_fraction']:.0%}",
+          file=sys.stderr)
+    if a.json:
+        _write_json(r, a.json)
+    return 0
+
+
 def cmd_bag_info(a) -> int:
     from world_model_ctrl.data import bag_summary
     info = bag_summary(a.bag)
@@ -337,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-progress', action='store_true')
     _add_world_arg(p)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser('collect-planner', help="record the planner's own episodes (+ noise) "
+                       'into a bag, without ROS (data aggregation for fine-tuning)')
+    p.add_argument('--out', required=True, help='new rosbag2 directory to write')
+    p.add_argument('--ckpt', help="SSM checkpoint (default: the world's shipped model)")
+    p.add_argument('--episodes', type=int, default=100)
+    p.add_argument('--steps', type=int, default=50, help='commands per episode')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--noise', type=float, default=0.3,
+                   help="Gaussian exploration noise added to each command, as a fraction of "
+                        "each field's limit")
+    p.add_argument('--params', help="control params YAML (default: the world's)")
+    p.add_argument('--storage', default='mcap', choices=['mcap', 'sqlite3'])
+    p.add_argument('--json', help='also write the summary to this file')
+    p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
+    p.set_defaults(func=cmd_collect_planner)
 
     p = sub.add_parser('bag-info', help='summarise any rosbag2')
     p.add_argument('bag')

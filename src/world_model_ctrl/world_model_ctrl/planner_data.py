@@ -1,0 +1,140 @@
+"""`wmc collect-planner`: the planner's own episodes (plus exploration noise) into a new bag.
+
+Data aggregation as in PlaNet (Hafner et al., 2019): episodes driven by CEM over the current
+model, with Gaussian noise (``noise`` x each field's limit) added to every command, show the
+model the states its planner actually reaches, which exploration data covers thinly. ROS-free
+and in lockstep, like `wmc eval --no-ros` (the same filter, planner and parameters): the world
+renders a frame, the planner answers, the world steps. The bag holds what `wmc collect` records
+(camera, commands, reward, episode markers, ground-truth pose) with the same timing pattern
+(reward just before its frame, the command after it), so `wmc train-ssm` reads both alike.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from room_sim.worlds import make_world, world_config
+from world_model_ctrl.actions import trained_spec
+from world_model_ctrl.bag_writer import BagWriter
+from world_model_ctrl.offline_loop import make_planner, planner_params
+from world_model_ctrl.paths import resolve_checkpoint
+from world_model_ctrl.ssm import WorldModel, images_to_tensor
+from world_model_ctrl.worlds import get_world
+
+TOPICS = {
+    '/camera/image_raw': 'sensor_msgs/msg/Image',
+    '/reward': 'std_msgs/msg/Float32',
+    '/cmd_vel': 'geometry_msgs/msg/Twist',
+    '/room_sim/episode_start': 'std_msgs/msg/Header',
+    '/room_sim/pose': 'geometry_msgs/msg/PoseStamped',
+}
+LOG_T0 = 1_700_000_000 * 10**9      # log time of the first frame, ns (a fixed, plausible epoch)
+GAP_STEPS = 5                       # idle periods between episodes (the sim's reset)
+
+
+class _Msgs:
+    """The few messages written here, serialised with the bag's own typestore."""
+
+    def __init__(self, writer: BagWriter):
+        self.w, self.ts = writer, writer.typestore
+        self.t = writer.typestore.types
+
+    def _header(self, stamp_ns: int, frame_id: str):
+        stamp = self.t['builtin_interfaces/msg/Time'](sec=stamp_ns // 10**9,
+                                                      nanosec=stamp_ns % 10**9)
+        return self.t['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
+
+    def put(self, topic: str, log_ns: int, msg) -> None:
+        self.w.write(topic, log_ns, self.ts.serialize_cdr(msg, TOPICS[topic]))
+
+    def image(self, log_ns: int, stamp_ns: int, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        self.put('/camera/image_raw', log_ns, self.t['sensor_msgs/msg/Image'](
+            header=self._header(stamp_ns, 'camera'), height=h, width=w, encoding='rgb8',
+            is_bigendian=0, step=3 * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1)))
+
+    def reward(self, log_ns: int, value: float) -> None:
+        self.put('/reward', log_ns, self.t['std_msgs/msg/Float32'](data=float(value)))
+
+    def cmd(self, log_ns: int, fields, values) -> None:
+        v3 = self.t['geometry_msgs/msg/Vector3']
+        lin, ang = v3(x=0.0, y=0.0, z=0.0), v3(x=0.0, y=0.0, z=0.0)
+        for name, value in zip(fields, values):
+            part, axis = name.split('.')
+            setattr(lin if part == 'linear' else ang, axis, float(value))
+        self.put('/cmd_vel', log_ns, self.t['geometry_msgs/msg/Twist'](linear=lin, angular=ang))
+
+    def marker(self, log_ns: int, stamp_ns: int, index: int) -> None:
+        self.put('/room_sim/episode_start', log_ns, self._header(stamp_ns, str(index)))
+
+    def pose(self, log_ns: int, stamp_ns: int, xy, heading: float) -> None:
+        t = self.t
+        q = t['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=float(np.sin(heading / 2)),
+                                              w=float(np.cos(heading / 2)))
+        p = t['geometry_msgs/msg/Point'](x=float(xy[0]), y=float(xy[1]), z=0.0)
+        self.put('/room_sim/pose', log_ns, t['geometry_msgs/msg/PoseStamped'](
+            header=self._header(stamp_ns, 'map'),
+            pose=t['geometry_msgs/msg/Pose'](position=p, orientation=q)))
+
+
+@torch.no_grad()
+def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: int = 0,
+                    noise: float = 0.3, world: str = 'overhead', params_file=None,
+                    storage: str = 'mcap', progress: bool = True) -> dict:
+    """Write ``episodes`` x ``steps`` planner commands (+ noise) from seeded starts to ``out``."""
+    from tqdm import tqdm
+    if episodes < 1 or steps < 1:
+        raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
+    if not noise >= 0:
+        raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
+                              'overwritten)')
+    torch.set_num_threads(1)
+    path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
+    model = WorldModel.from_checkpoint(path, device='cpu').eval()
+    params = {**planner_params(params_file, world), 'seed': seed}
+    planner, sample = make_planner(model, params, path)
+    fields = params.get('action_fields') or trained_spec(model.checkpoint_extra)['fields']
+    high = np.array(planner.cfg.action_high, dtype=np.float64)
+    cfg = world_config(world)
+    sim = make_world(world, cfg.to_dict(), seed=seed)
+    rng = np.random.default_rng(seed + 7)
+    period = int(round(cfg.dt * 1e9))
+    k, reached, t_start = 0, 0, time.monotonic()
+    with BagWriter(out, storage) as writer:
+        for topic, msgtype in TOPICS.items():
+            writer.add_topic(topic, msgtype)
+        msgs = _Msgs(writer)
+        for e in tqdm(range(episodes), desc='collect-planner', unit='ep', disable=not progress):
+            frame = sim.reset()
+            planner.reset()
+            h, last = None, torch.zeros(1, model.config.action_dim)
+            hit = False
+            for t in range(steps + 1):
+                log_ns, stamp = LOG_T0 + k * period, k * period
+                if t == 0:
+                    msgs.marker(log_ns - 5_000_000, stamp, e + 1)
+                msgs.reward(log_ns - 2_000_000, sim.reward())
+                msgs.image(log_ns, stamp, frame)
+                msgs.pose(log_ns + 1_000_000, stamp, sim.pos, float(getattr(sim, 'heading', 0.0)))
+                k += 1
+                if t == steps:
+                    break
+                h, mean, std = model.step(h, images_to_tensor(frame[None]), last)
+                a = planner.plan(lambda z0, acts: model.imagine_rewards(z0, acts, sample=sample),
+                                 mean[0], std[0]).action.double().numpy()
+                a = np.clip(a + noise * high * rng.standard_normal(a.shape), -high, high)
+                msgs.cmd(log_ns + 30_000_000, fields, a)
+                last = torch.as_tensor(a, dtype=torch.float32).reshape(1, -1)
+                frame, _, ok = sim.step(a)
+                hit |= bool(ok)
+            reached += hit
+            k += GAP_STEPS
+    return {'bag': str(out), 'storage': storage, 'episodes': episodes, 'steps': episodes * steps,
+            'reached_goal_fraction': reached / episodes, 'noise': noise, 'world': world,
+            'checkpoint': str(ckpt or 'shipped'), 'wall_s': round(time.monotonic() - t_start, 1)}
