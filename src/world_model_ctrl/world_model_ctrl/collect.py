@@ -35,13 +35,8 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
     was created, that (new, incomplete) directory is removed so that a rerun is not blocked
     (Ctrl-C keeps it: the recorder closes what it has cleanly).
     """
-    out = Path(out)
-    if episodes < 1 or steps < 1:
-        raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
+    out = check_new_bag(out, episodes, steps)
     check_sim_params(sim_params or {}, world)
-    if out.exists():
-        raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
-                              'overwritten)')
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         return _record(out, episodes, steps, seed, policy, storage, sim_params, domain_id,
@@ -51,6 +46,18 @@ def collect(out: str, episodes: int = 10, steps: int = 50, seed: int = 0, policy
             log.warning('collect failed: removing the incomplete bag %s', out)
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def check_new_bag(out, episodes: int, steps: int) -> Path:
+    """``out`` as a Path, refused if it exists (bags are never overwritten) or the counts are
+    not positive: checked before anything starts."""
+    out = Path(out)
+    if episodes < 1 or steps < 1:
+        raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
+    if out.exists():
+        raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
+                              'overwritten)')
+    return out
 
 
 def check_sim_params(sim_params: dict, world: str = 'overhead'):

@@ -19,7 +19,6 @@ import yaml
 
 from room_sim.worlds import make_world, world_config
 from world_model_ctrl.actions import resolve_limits, trained_spec
-from world_model_ctrl.cem import CEMConfig, CEMPlanner
 from world_model_ctrl.paths import config_file, resolve_checkpoint
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
 from world_model_ctrl.worlds import get_world
@@ -35,19 +34,46 @@ def planner_params(params_file=None, world: str = 'overhead') -> dict:
     return {}
 
 
-def make_planner(model: WorldModel, params: dict, ckpt) -> tuple[CEMPlanner, bool]:
-    """A CEMPlanner configured like the planner node with these parameters."""
-    from world_model_ctrl.planner import CEM_PARAMS
-    spec = trained_spec(model.checkpoint_extra)
-    fields = params.get('action_fields') or spec['fields']
-    high = resolve_limits(fields, params.get('action_limits') or [], spec, ckpt)
-    cem = {k: params.get(k, v) for k, v in CEM_PARAMS.items()}
-    if params.get('relative_std', False):
-        for k in ('init_std', 'min_std'):
-            cem[k] = tuple(float(cem[k] * h) for h in high)
-    cfg = CEMConfig(**cem, device='cpu', action_low=tuple(-high), action_high=tuple(high))
-    gen = torch.Generator().manual_seed(int(params.get('seed', 0)))
-    return CEMPlanner(cfg, generator=gen), bool(params.get('sample_transitions', False))
+class Agent:
+    """The belief node's filter and the planner node's CEM, called directly (one CPU thread).
+
+    ``act(frame)`` filters ``frame`` with the command that led to it and plans the next one;
+    ``applied(action)`` records a command other than the plan (e.g. with exploration noise)
+    as the one the world received.
+    """
+
+    def __init__(self, ckpt=None, world: str = 'overhead', params_file=None,
+                 overrides: dict | None = None):
+        from world_model_ctrl.planner import cem_planner
+        self.path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
+        self.model = WorldModel.from_checkpoint(self.path, device='cpu').eval()
+        self.params = {**planner_params(params_file, world), **(overrides or {})}
+        spec = trained_spec(self.model.checkpoint_extra)
+        self.fields = self.params.get('action_fields') or spec['fields']
+        self.high = resolve_limits(self.fields, self.params.get('action_limits') or [], spec,
+                                   self.path)
+        self.planner = cem_planner(self.params, self.high, 'cpu')
+        sample = bool(self.params.get('sample_transitions', False))
+        self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
+        self.plan_ms: list[float] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode: no filter state, no command yet, no warm start."""
+        self.planner.reset()
+        self.h, self.last = None, torch.zeros(1, self.model.config.action_dim)
+
+    @torch.no_grad()
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        self.h, mean, std = self.model.step(self.h, images_to_tensor(frame[None]), self.last)
+        t0 = time.perf_counter()
+        action = self.planner.plan(self.rollout, mean[0], std[0]).action
+        self.plan_ms.append((time.perf_counter() - t0) * 1e3)
+        self.last = action.reshape(1, -1).float()
+        return action.double().numpy()
+
+    def applied(self, action: np.ndarray) -> None:
+        self.last = torch.as_tensor(action, dtype=torch.float32).reshape(1, -1)
 
 
 @torch.no_grad()
@@ -60,20 +86,15 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
     from world_model_ctrl.closed_loop import baseline
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
-    model = WorldModel.from_checkpoint(path, device='cpu').eval()
-    params = {**planner_params(params_file, world), **(overrides or {})}
-    planner, sample = make_planner(model, params, path)
-    rollout = lambda z0, a: model.imagine_rewards(z0, a, sample=sample)   # noqa: E731
+    agent = Agent(ckpt, world, params_file, overrides)
     cfg = world_config(world)
     sim = make_world(world, cfg.to_dict(), seed=seed)
     sim.reset(start=start)                             # the sim's start-up reset
-    results, plan_ms, t_start = [], [], time.monotonic()
+    results, t_start = [], time.monotonic()
     bar = tqdm(range(episodes), desc='eval (no ROS)', unit='ep', disable=not progress)
     for _ in bar:
         frame = sim.reset(start=start)
-        planner.reset()
-        h, last = None, torch.zeros(1, model.config.action_dim)
+        agent.reset()
         track, outcome = [sim.pos.copy()], None
         for t in range(max_steps + 1):
             if sim.success():
@@ -82,18 +103,14 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
             if t == max_steps:
                 outcome = (False, max_steps)
                 break
-            h, mean, std = model.step(h, images_to_tensor(frame[None]), last)
-            t0 = time.perf_counter()
-            action = planner.plan(rollout, mean[0], std[0]).action
-            plan_ms.append((time.perf_counter() - t0) * 1e3)
-            last = action.reshape(1, -1).float()
-            frame, _, _ = sim.step(action.double().numpy())
+            frame, _, _ = sim.step(agent.act(frame))
             track.append(sim.pos.copy())
         results.append({'success': outcome[0], 'steps': outcome[1], 'track': np.array(track)})
         bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
     ok = [r['steps'] for r in results if r['success']]
     oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
     rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
+    plan_ms = agent.plan_ms
     ms = np.array(plan_ms) if plan_ms else np.array([np.nan])
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps, 'mode': 'lockstep-no-ros',

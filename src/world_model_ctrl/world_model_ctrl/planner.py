@@ -47,6 +47,19 @@ CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'g
               'particles': 1, 'init_std': 0.3, 'min_std': 0.05}
 
 
+
+def cem_planner(params: dict, high, device: str) -> CEMPlanner:
+    """CEM configured from planner parameters (``CEM_PARAMS``, ``relative_std``, ``seed``;
+    other keys are ignored) within +-``high``, as the planner node and `wmc eval --no-ros` run
+    it. ``relative_std``: init_std and min_std are fractions of each field's limit."""
+    cem = {k: params.get(k, v) for k, v in CEM_PARAMS.items()}
+    if params.get('relative_std', False):   # m/s and rad/s alike
+        for k in ('init_std', 'min_std'):
+            cem[k] = tuple(float(cem[k] * h) for h in high)
+    cfg = CEMConfig(**cem, device=device, action_low=tuple(-h for h in high),
+                    action_high=tuple(high))
+    return CEMPlanner(cfg, generator=torch.Generator().manual_seed(int(params.get('seed', 0))))
+
 class PlannerNode(Node):
     """belief -> CEM -> cmd_vel (+ planner/answered); diagnostics on planner/plan_ms and
     planner/predicted_return."""
@@ -104,13 +117,8 @@ class PlannerNode(Node):
             limits = []
         self.high = resolve_limits(self.fields, limits, spec, ckpt)
         self.low = -self.high
-        cem = {k: p(k).value for k in CEM_PARAMS}
-        if p('relative_std').value:     # fractions of each field's limit (m/s and rad/s alike)
-            for k in ('init_std', 'min_std'):
-                cem[k] = tuple(float(cem[k] * h) for h in self.high)
-        cfg = CEMConfig(**cem, device=str(self.device),
-                        action_low=tuple(self.low), action_high=tuple(self.high))
-        self.cem = CEMPlanner(cfg, generator=torch.Generator().manual_seed(p('seed').value))
+        self.cem = cem_planner({k: p(k).value for k in (*CEM_PARAMS, 'relative_std', 'seed')},
+                               self.high, str(self.device))
         self.timeout = p('belief_timeout').value
         self.require_monitor = bool(p('require_monitor').value)
         self.monitor_timeout = p('monitor_timeout').value

@@ -11,18 +11,13 @@ renders a frame, the planner answers, the world steps. The bag holds what `wmc c
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from room_sim.worlds import make_world, world_config
-from world_model_ctrl.actions import trained_spec
 from world_model_ctrl.bag_writer import BagWriter
-from world_model_ctrl.offline_loop import make_planner, planner_params
-from world_model_ctrl.paths import resolve_checkpoint
-from world_model_ctrl.ssm import WorldModel, images_to_tensor
-from world_model_ctrl.worlds import get_world
+from world_model_ctrl.offline_loop import Agent
 
 TOPICS = {
     '/camera/image_raw': 'sensor_msgs/msg/Image',
@@ -86,21 +81,13 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
                     storage: str = 'mcap', progress: bool = True) -> dict:
     """Write ``episodes`` x ``steps`` planner commands (+ noise) from seeded starts to ``out``."""
     from tqdm import tqdm
-    if episodes < 1 or steps < 1:
-        raise ValueError(f'--episodes and --steps must be >= 1, got {episodes} and {steps}')
+    from world_model_ctrl.collect import check_new_bag
+    out = check_new_bag(out, episodes, steps)
     if not noise >= 0:
         raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f'{out} exists already; choose a new --out (bags are never '
-                              'overwritten)')
     torch.set_num_threads(1)
-    path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
-    model = WorldModel.from_checkpoint(path, device='cpu').eval()
-    params = {**planner_params(params_file, world), 'seed': seed}
-    planner, sample = make_planner(model, params, path)
-    fields = params.get('action_fields') or trained_spec(model.checkpoint_extra)['fields']
-    high = np.array(planner.cfg.action_high, dtype=np.float64)
+    agent = Agent(ckpt, world, params_file, {'seed': seed})
+    high = agent.high
     cfg = world_config(world)
     sim = make_world(world, cfg.to_dict(), seed=seed)
     rng = np.random.default_rng(seed + 7)
@@ -112,8 +99,7 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
         msgs = _Msgs(writer)
         for e in tqdm(range(episodes), desc='collect-planner', unit='ep', disable=not progress):
             frame = sim.reset()
-            planner.reset()
-            h, last = None, torch.zeros(1, model.config.action_dim)
+            agent.reset()
             hit = False
             for t in range(steps + 1):
                 log_ns, stamp = LOG_T0 + k * period, k * period
@@ -125,12 +111,10 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
                 k += 1
                 if t == steps:
                     break
-                h, mean, std = model.step(h, images_to_tensor(frame[None]), last)
-                a = planner.plan(lambda z0, acts: model.imagine_rewards(z0, acts, sample=sample),
-                                 mean[0], std[0]).action.double().numpy()
+                a = agent.act(frame)
                 a = np.clip(a + noise * high * rng.standard_normal(a.shape), -high, high)
-                msgs.cmd(log_ns + 30_000_000, fields, a)
-                last = torch.as_tensor(a, dtype=torch.float32).reshape(1, -1)
+                agent.applied(a)
+                msgs.cmd(log_ns + 30_000_000, agent.fields, a)
                 frame, _, ok = sim.step(a)
                 hit |= bool(ok)
             reached += hit
