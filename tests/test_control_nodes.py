@@ -210,3 +210,116 @@ def test_stamped_commands_carry_the_publish_time_and_answered_the_frame(ros_node
     assert all((m.twist.linear.x, m.twist.linear.y) in twists for m, _ in answered)
     assert any(m.twist.linear.x or m.twist.linear.y for m, _ in answered)
     assert len(cmds) > len(answered), 'watchdog zeros are on cmd_vel'
+
+
+def test_lockstep_planner_answers_per_frame_and_per_episode_deterministically(ros_node,
+                                                                            tiny_ssm_ckpt):
+    """trigger=belief: a re-sent belief (same frame stamp) gets the same answer and leaves the
+    search state alone; an episode's answers depend on the seed and episode number only, not
+    on how many plans ran before it (what makes `wmc eval` reproducible under load)."""
+    answers = []
+    ros_node.create_subscription(TwistStamped, 'planner/answered', answers.append,
+                                 QoSProfile(depth=1000))
+    pub = ros_node.create_publisher(Image, 'belief', QoSProfile(depth=100))
+    reset = ros_node.create_publisher(Header, 'room_sim/episode_start', QoSProfile(depth=10))
+    z = SSMConfig.from_preset('debug').latent_dim
+    rng = np.random.default_rng(0)
+    means = [rng.normal(size=z) for _ in range(4)]
+
+    def send(k, mean, sec):
+        n = len(answers)
+        h = Header()
+        h.stamp.sec = sec
+        pub.publish(belief_to_msg(mean, np.full(z, 0.1), h))
+        spin_until(ros_node, lambda: len(answers) > n, 10, f'the answer to belief {k}')
+        a = answers[-1]
+        assert a.header.stamp.sec == sec
+        return (a.twist.linear.x, a.twist.linear.y)
+
+    def episode(number, first_sec, extra_plans=0):
+        reset.publish(Header(frame_id=str(number)))
+        _spin_for(ros_node, 0.3)
+        got = [send(k, m, first_sec + k) for k, m in enumerate(means)]
+        for j in range(extra_plans):            # plans after the episode ended
+            send(j, rng.normal(size=z), first_sec + 100 + j)
+        return got
+    with NodeGroup() as group:
+        group.start(NodeSpec('world_model_ctrl.planner', {
+            'checkpoint': str(tiny_ssm_ckpt), 'trigger': 'belief', 'belief_timeout': 5.0,
+            'candidates': 50, 'iterations': 2, 'top_k': 5, 'horizon': 5, 'seed': 3}))
+        spin_until(ros_node, lambda: pub.get_subscription_count() > 0
+                   and ros_node.count_publishers('/planner/answered') > 0, 30, 'planner up')
+        _spin_for(ros_node, 1.0)
+        first = episode(7, 1000, extra_plans=3)
+        # the same frame again: the same answer, and the next plan as if nothing happened
+        reset.publish(Header(frame_id='8'))
+        _spin_for(ros_node, 0.3)
+        a0 = send(0, means[0], 2000)
+        assert send(0, means[0], 2000) == a0
+        assert send(0, means[0], 2000) == a0
+        a1 = send(1, means[1], 2001)
+        # episode 7 again after different histories: the same answers
+        again = episode(7, 3000, extra_plans=5)
+        other = episode(9, 4000)
+        reset.publish(Header(frame_id='8'))
+        _spin_for(ros_node, 0.3)
+        b0, b1 = send(0, means[0], 5000), send(1, means[1], 5001)
+    assert first == again
+    assert (b0, b1) == (a0, a1)
+    assert other != first           # another episode number: another sampling stream
+
+
+def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny_ssm_ckpt):
+    """cmd_sync with answer_topic: frame t is filtered with the answer to frame t-1 (by stamp;
+    an answer to another frame is not it), and after an episode start the last episode's
+    frames that arrive late are not filtered into the new episode."""
+    beliefs = []
+    ros_node.create_subscription(Image, 'belief', beliefs.append, QoSProfile(depth=100))
+    pub = ros_node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=100))
+    answer = ros_node.create_publisher(TwistStamped, 'planner/answered', QoSProfile(depth=10))
+    reset = ros_node.create_publisher(Header, 'room_sim/episode_start', QoSProfile(depth=10))
+
+    def answer_to(k, vx, vy):
+        msg = TwistStamped(header=frame(k).header)
+        msg.twist.linear.x, msg.twist.linear.y = vx, vy
+        answer.publish(msg)
+
+    def start(k):
+        h = Header(frame_id='1')
+        h.stamp = frame(k).header.stamp
+        reset.publish(h)
+        _spin_for(ros_node, 0.3)
+    with NodeGroup() as group:
+        _belief_node_up(ros_node, group, {'checkpoint': str(tiny_ssm_ckpt), 'cmd_sync': True,
+                                          'cmd_sync_timeout': 5.0,
+                                          'answer_topic': 'planner/answered'}, beliefs, pub)
+        start(0)
+        pub.publish(frame(0))
+        spin_until(ros_node, lambda: len(beliefs) == 1, 10, 'the first frame of the episode')
+        pub.publish(frame(1))
+        answer_to(7, 0.5, 0.5)             # answers another frame: not frame 1's cause
+        _spin_for(ros_node, 1.0)
+        assert len(beliefs) == 1
+        answer_to(0, 0.3, -0.2)            # the answer to frame 0 caused frame 1
+        spin_until(ros_node, lambda: len(beliefs) == 2, 10, 'frame 1 after its command')
+        start(5)                           # next episode from frame 5 on
+        answer_to(1, 0.4, 0.4)             # the last episode's trailing answer
+        pub.publish(frame(2))              # and its trailing frame, late
+        _spin_for(ros_node, 1.0)
+        assert len(beliefs) == 2
+        pub.publish(frame(5))
+        spin_until(ros_node, lambda: len(beliefs) == 3, 10, 'the new episode\'s first frame')
+    assert [b.header.stamp.sec for b in beliefs] == [100, 101, 105]
+    model = WorldModel.from_checkpoint(tiny_ssm_ckpt)
+
+    def run(ks, actions):
+        h = None
+        with torch.no_grad():
+            for k, a in zip(ks, actions):
+                x = images_to_tensor(image_to_rgb(frame(k), model.config.image_size)[None])
+                h, mean, _ = model.step(h, x, torch.tensor([a], dtype=torch.float32))
+        return mean[0].numpy()
+    np.testing.assert_allclose(belief_from_msg(beliefs[1])[0],
+                               run([0, 1], [(0, 0), (0.3, -0.2)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(belief_from_msg(beliefs[2])[0], run([5], [(0, 0)]),
+                               rtol=1e-5, atol=1e-6)

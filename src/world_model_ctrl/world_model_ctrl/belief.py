@@ -50,6 +50,11 @@ class BeliefNode(Node):
         # node just after the frame; hold the frame until it arrives (at most cmd_sync_timeout).
         self.declare_parameter('cmd_sync', False)
         self.declare_parameter('cmd_sync_timeout', 0.05)
+        # With cmd_sync: take the commands from this TwistStamped topic, each stamped with the
+        # frame it answers (the planner's planner/answered, what room_sim steps on with its
+        # answer_topic), and pair frame t with the answer to frame t-1 by stamp. '' = cmd_vel,
+        # paired by arrival (a late command for an older frame can then be taken for a newer).
+        self.declare_parameter('answer_topic', '')
         # belief/reconstruction (rgb8): the decoded belief, for people to look at (views.py)
         self.declare_parameter('publish_reconstruction', False)
         self.declare_parameter('reconstruction_rate_hz', 2.0)
@@ -70,6 +75,7 @@ class BeliefNode(Node):
         self.first = True           # next frame starts an episode: nothing caused it
         self.pending = None         # (frame msg, arrival time) waiting for its command
         self.last_stamp = None
+        self.reset_at = None        # cmd_sync: stamp (ns) of the next episode's first frame
         self.last_belief = None
         self.pub = self.create_publisher(Image, 'belief', 10)
         self.pub_ms = self.create_publisher(Float32, 'belief/processing_ms', 10)
@@ -78,8 +84,12 @@ class BeliefNode(Node):
                               p('reconstruction_rate_hz').value)
         # Commands are subscribed before images: with both pending, rclpy takes them in
         # creation order, so a frame is filtered with the command that produced it.
-        cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
-        self.create_subscription(cmd_type, 'cmd_vel', self.on_cmd, 10)
+        self.answer_topic = p('answer_topic').value if self.cmd_sync else ''
+        if self.answer_topic:
+            self.create_subscription(TwistStamped, self.answer_topic, self.on_cmd, 10)
+        else:
+            cmd_type = TwistStamped if p('cmd_vel_stamped').value else Twist
+            self.create_subscription(cmd_type, 'cmd_vel', self.on_cmd, 10)
         self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         self.step_s = float(self.model.checkpoint_extra.get('frame_interval_s') or 0.0)
         if self.step_s <= 0 and not self.cmd_sync:
@@ -92,7 +102,8 @@ class BeliefNode(Node):
         # counted since start: what /diagnostics reports (every second). frames_skipped: taken
         # off the camera but not filtered, the camera being faster than the model's step.
         self.counts = dict.fromkeys(('frames_received', 'frames_filtered', 'frames_skipped',
-                                     'frames_dropped', 'nonfinite_commands', 'state_resets'), 0)
+                                     'frames_dropped', 'nonfinite_commands', 'state_resets',
+                                     'commands_late'), 0)
         self.processing_ms = 0.0
         self.diag = Diagnostics(self, hardware_id=topic)
         self.create_timer(1.0, self.report)
@@ -102,6 +113,9 @@ class BeliefNode(Node):
             self.create_timer(self.sync_timeout / 2, self.flush_pending)
 
     def on_cmd(self, msg):
+        if self.answer_topic and (msg.header.stamp.sec, msg.header.stamp.nanosec) \
+                != self.last_stamp:
+            return          # answers another frame (an older one, or the last episode's)
         action = action_from_cmd(msg, self.fields)
         if np.all(np.isfinite(action)):
             self.last_action = action
@@ -114,15 +128,33 @@ class BeliefNode(Node):
             self.filter(self.pending[0])
 
     def on_reset(self, msg):
+        if not self.cmd_sync:
+            self.reset_state()
+            return
+        # Lockstep: the episode starts at the frame with this message's stamp. Frames of the
+        # last episode may still be on their way (or held for their command): they are not
+        # filtered into the new one, and the reset waits for the new episode's first frame.
+        self.reset_at = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec
+        if self.pending is not None and _ns(self.pending[0]) < self.reset_at:
+            self.pending = None
+
+    def reset_state(self):
         self.h = None
         self.last_action[:] = 0.0
         self.first = True
+        self.last_stamp = None
         self.pacer.reset()
 
     def on_image(self, msg):
         self.frames.frame()
         self.counts['frames_received'] += 1
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if self.reset_at is not None:              # cmd_sync only
+            if _ns(msg) < self.reset_at:
+                self.counts['frames_skipped'] += 1  # the last episode's: its answer is moot
+                return
+            self.reset_at = None
+            self.reset_state()
         if self.cmd_sync and stamp == self.last_stamp:
             # A lockstep sim re-sends a frame when its loop stalled: something downstream was
             # lost. Re-send the belief (filtering the same frame twice would be wrong). Only
@@ -142,6 +174,10 @@ class BeliefNode(Node):
 
     def flush_pending(self):
         if self.pending is not None and time.monotonic() - self.pending[1] > self.sync_timeout:
+            self.counts['commands_late'] += 1
+            self.get_logger().warning(f'no command within cmd_sync_timeout '
+                                      f'({self.sync_timeout} s) of a frame: filtering it with the '
+                                      'last one', throttle_duration_sec=5.0)
             self.filter(self.pending[0])  # its command never came: use the last one
 
     @torch.no_grad()
@@ -167,7 +203,7 @@ class BeliefNode(Node):
             self.get_logger().warning('filter state turned non-finite: resetting it (no belief '
                                       'for this frame)', throttle_duration_sec=5.0)
             self.counts['state_resets'] += 1
-            self.on_reset(None)
+            self.reset_state()
             return
         self.h = h
         self.last_belief = belief_to_msg(mean[0].cpu().numpy(), std[0].cpu().numpy(),
@@ -189,6 +225,10 @@ class BeliefNode(Node):
                            'model_step_s': self.step_s,
                            'camera_qos': str(self.camera.reliability.name).lower(),
                            'camera_delivery': self.camera.delivery})
+
+
+def _ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def main(args=None):

@@ -193,6 +193,12 @@ class CEMPlanner:
         self.prev_plan = result.plan_mean
         return result
 
-    def reset(self):
-        """Forget the previous plan (new episode, or inputs went stale)."""
+    def reset(self, seed: Optional[int] = None):
+        """Forget the previous plan (new episode, or inputs went stale); with ``seed``, also
+        restart the sampling generator from it (the same episode then gets the same plans
+        whatever ran before it)."""
         self.prev_plan = None
+        if seed is not None:
+            if self.generator is None:
+                self.generator = torch.Generator()
+            self.generator.manual_seed(int(seed))

@@ -119,8 +119,10 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                 spec.params['belief_timeout'] = 2.0
         if exe == 'belief' and not realtime:
             # One command per frame in lockstep: wait for it even on a loaded machine (nothing
-            # else moves the world meanwhile).
-            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 0.5})
+            # else moves the world meanwhile; a late one is counted: commands_late).
+            # Paired by stamp with the answer to the frame before (what the sim steps on).
+            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 5.0,
+                                'answer_topic': 'planner/answered'})
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
     node = Node('wmc_eval')

@@ -44,7 +44,8 @@ class Agent:
 
     def __init__(self, ckpt=None, world: str = 'overhead', params_file=None,
                  overrides: dict | None = None):
-        from world_model_ctrl.planner import cem_planner
+        from world_model_ctrl.planner import cem_planner, episode_seed
+        self._episode_seed = episode_seed
         self.path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
         self.model = WorldModel.from_checkpoint(self.path, device='cpu').eval()
         self.params = {**planner_params(params_file, world), **(overrides or {})}
@@ -58,9 +59,11 @@ class Agent:
         self.plan_ms: list[float] = []
         self.reset()
 
-    def reset(self) -> None:
-        """A new episode: no filter state, no command yet, no warm start."""
-        self.planner.reset()
+    def reset(self, episode: int | None = None) -> None:
+        """A new episode: no filter state, no command yet, no warm start; with the sim's
+        ``episode`` number, CEM's generator restarts as the planner node's does."""
+        self.planner.reset(None if episode is None else
+                           self._episode_seed(int(self.params.get('seed', 0)), episode))
         self.h, self.last = None, torch.zeros(1, self.model.config.action_dim)
 
     @torch.no_grad()
@@ -94,7 +97,7 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
     bar = tqdm(range(episodes), desc='eval (no ROS)', unit='ep', disable=not progress)
     for _ in bar:
         frame = sim.reset(start=start)
-        agent.reset()
+        agent.reset(sim.episode)
         track, outcome = [sim.pos.copy()], None
         for t in range(max_steps + 1):
             if sim.success():

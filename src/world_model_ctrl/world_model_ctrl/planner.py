@@ -60,6 +60,13 @@ def cem_planner(params: dict, high, device: str) -> CEMPlanner:
                     action_high=tuple(high))
     return CEMPlanner(cfg, generator=torch.Generator().manual_seed(int(params.get('seed', 0))))
 
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The CEM generator's seed for one episode: its plans depend on the planner's ``seed`` and
+    the episode number only, not on how many plans the episodes before it took."""
+    return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1)[0])
+
+
 class PlannerNode(Node):
     """belief -> CEM -> cmd_vel (+ planner/answered); diagnostics on planner/plan_ms and
     planner/predicted_return."""
@@ -131,6 +138,9 @@ class PlannerNode(Node):
         self.cem.reset()
         self.belief = None                  # (mean, std, header, arrival time)
         self.reset_plan = False             # drop the warm start before the next plan
+        self.seed = int(p('seed').value)
+        self.episode_start = None           # (first frame's stamp in ns, CEM seed) to apply
+        self.answered = None                # (frame stamp, action) of the last answer
         self.stop_requested = False
         self.monitor_seen = None            # monotonic time of the last planner/stop message
         self.lock = threading.Lock()
@@ -145,9 +155,11 @@ class PlannerNode(Node):
                               p('imagined_rate_hz').value)
         # One executor thread: inputs wait at most one plan (their ages count from reception,
         # not from when they are taken), and a plan is never in flight when the node stops.
+        # Episode starts are subscribed before beliefs: with both waiting, rclpy takes them in
+        # creation order, so an episode's first belief is planned after its reset.
+        self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         self.create_subscription(Image, 'belief', with_message_info(self.on_belief), 10)
         self.create_subscription(Bool, 'planner/stop', with_message_info(self.on_stop), 10)
-        self.create_subscription(Header, 'room_sim/episode_start', self.on_reset, 10)
         self.period = 1.0 / p('rate_hz').value
         self.create_timer(self.period, self.on_timer)
         # counted since start: what /diagnostics reports (every second)
@@ -195,7 +207,16 @@ class PlannerNode(Node):
         self.monitor_seen = arrival_time(info)
 
     def on_reset(self, msg):
-        self.reset_plan = True
+        try:                                # room_sim's episode_start: frame_id = episode number
+            seed = episode_seed(self.seed, int(msg.frame_id))
+        except ValueError:
+            seed = None
+        # trigger=belief (lockstep): the episode starts at the frame with this stamp; beliefs
+        # for the last episode's frames may still arrive after this message and must not use
+        # up the reset. trigger=timer: at the next plan.
+        at = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec \
+            if self.trigger == 'belief' else 0
+        self.episode_start = (at, seed)
 
     # -- control ---------------------------------------------------------------------------
     def stale(self) -> bool:
@@ -239,9 +260,21 @@ class PlannerNode(Node):
         if self.must_hold():
             self.publish(np.zeros(len(self.fields)), header)
             return
-        if self.reset_plan:
+        stamp = (header.stamp.sec, header.stamp.nanosec)
+        new_episode = self.episode_start is not None \
+            and stamp[0] * 1_000_000_000 + stamp[1] >= self.episode_start[0]
+        if self.trigger == 'belief' and self.answered is not None \
+                and self.answered[0] == stamp and not (self.reset_plan or new_episode):
+            # A lockstep sim re-sent a frame (something was lost downstream): the same frame
+            # gets the same answer, and the search state (warm start, generator) stays put.
+            self.publish(self.answered[1], header)
+            return
+        if self.reset_plan or new_episode:
+            seed = self.episode_start[1] if new_episode else None
+            if new_episode:
+                self.episode_start = None
             self.reset_plan = False
-            self.cem.reset()
+            self.cem.reset(seed)
         t0 = time.perf_counter()
         with torch.no_grad():
             res = self.cem.plan(self.rollout, torch.from_numpy(mean),
@@ -251,6 +284,7 @@ class PlannerNode(Node):
             self.counts['nonfinite_plans'] += 1
             self.reset_plan = True          # never warm-start from a non-finite plan
         self.publish(action, header)
+        self.answered = (stamp, action)
         self.plan_ms = (time.perf_counter() - t0) * 1e3
         self.counts['plans'] += 1
         self.pub_ms.publish(Float32(data=self.plan_ms))

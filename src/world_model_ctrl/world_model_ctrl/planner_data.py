@@ -99,7 +99,7 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
         msgs = _Msgs(writer)
         for e in tqdm(range(episodes), desc='collect-planner', unit='ep', disable=not progress):
             frame = sim.reset()
-            agent.reset()
+            agent.reset(sim.episode)
             hit = False
             for t in range(steps + 1):
                 log_ns, stamp = LOG_T0 + k * period, k * period
