@@ -76,3 +76,24 @@ def test_lockstep_eval_is_reproducible_under_load_and_matches_the_ros_free_loop(
 def _burn():
     while True:
         pass
+
+
+def test_realtime_eval_drives_the_oracle_through_the_same_loop(ros_domain):
+    """--realtime: the oracle also drives the realtime sim over ROS (pose in, cmd_vel out);
+    the ROS-free oracle from the same starts is reported beside it as lockstep_oracle_*."""
+    ckpt = default_checkpoint('ssm.pt')
+    start = (1.35, 0.8)
+    s = run_closed_loop(str(ckpt), episodes=2, seed=1, max_steps=40, domain_id=ros_domain,
+                        start=start, realtime=True, progress=False)
+    lockstep = baseline('oracle', 2, seed=1, max_steps=40, cfg=WorldConfig(), start=start)
+    assert s['lockstep_oracle_mean_steps'] == lockstep['mean_steps'] == 5
+    assert s['lockstep_oracle_success_rate'] == 1.0
+    # the realtime oracle reached the goal by driving, no faster than the lockstep one and at
+    # most a couple of ticks slower (it answers each pose at once)
+    assert s['oracle_success_rate'] == 1.0
+    assert 5 <= s['oracle_mean_steps'] <= 7, s
+    assert [e['oracle_steps'] for e in s['per_episode']] and \
+        all(5 <= e['oracle_steps'] <= 7 for e in s['per_episode'])
+    if s['mean_steps']:
+        assert s['steps_ratio_vs_lockstep_oracle'] == \
+            pytest.approx(s['mean_steps'] / s['lockstep_oracle_mean_steps'])

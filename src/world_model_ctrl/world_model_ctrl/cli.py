@@ -177,6 +177,8 @@ def _eval_summary_lines(s: dict) -> str:
             f"{s['random_success_rate']:.2f}); mean steps {s['mean_steps'] or nan:.1f} vs "
             f"oracle {s['oracle_mean_steps'] or nan:.1f}"
             + (f' (x{ratio:.2f})' if ratio else '')
+            + (f", ROS-free oracle {s['lockstep_oracle_mean_steps'] or nan:.1f}"
+               if 'lockstep_oracle_mean_steps' in s else '')
             + f"; plan ms p50 {s['plan_ms_p50']:.1f} p99 {s['plan_ms_p99']:.1f} "
             f"(control period {s['control_period_ms']:.0f} ms)")
 

@@ -7,6 +7,7 @@ seeded RNG draws starts in the same order).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -88,51 +89,65 @@ class _Watcher:
             m.height, m.width, 3)
 
 
-def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
-                    max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
-                    domain_id: int | None = None, record_frames: bool = False,
-                    params_file: str | None = None, quiet: bool = True,
-                    progress: bool = True, start=None, world: str = 'overhead') -> dict:
-    """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m) in
-    ``world`` (overhead | onboard)."""
+def _oracle_command(world: str, cfg, pose, goal) -> np.ndarray:
+    """The world's true-state oracle from a room_sim/pose message (heading from its yaw)."""
+    pos = np.array([pose.pose.position.x, pose.pose.position.y])
+    if world == 'onboard':
+        from room_sim.onboard import oracle_drive
+        q = pose.pose.orientation
+        return oracle_drive(pos, 2.0 * math.atan2(q.z, q.w), goal, cfg)
+    from room_sim.world import oracle_action
+    return oracle_action(pos, goal, cfg)
+
+
+class _OracleDriver:
+    """The oracle through the asynchronous loop: each room_sim/pose (ground truth, the frame's
+    stamp) answered at once on cmd_vel, which the realtime sim applies at its next tick."""
+
+    def __init__(self, node, world: str, cfg, watch: '_Watcher'):
+        from geometry_msgs.msg import PoseStamped, Twist
+        from rclpy.qos import QoSProfile
+        self.Twist, self.world, self.cfg, self.watch = Twist, world, cfg, watch
+        self.pub = node.create_publisher(Twist, 'cmd_vel', 10)
+        node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, QoSProfile(depth=10))
+
+    def on_pose(self, m):
+        if self.watch.goal is None:
+            return
+        a = _oracle_command(self.world, self.cfg, m, self.watch.goal)
+        msg = self.Twist()
+        msg.linear.x = float(a[0])
+        if self.world == 'onboard':
+            msg.angular.z = float(a[1])
+        else:
+            msg.linear.y = float(a[1])
+        self.pub.publish(msg)
+
+
+def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, domain_id,
+                  record_frames: bool, quiet: bool, progress: bool, driver=None,
+                  desc: str = 'eval') -> tuple[list, list]:
+    """Start ``specs`` and run ``episodes`` episodes against them: (results, plan_ms).
+
+    ``driver(node, watch)``, if given, sets up the controller inside this process (the
+    realtime oracle); otherwise the graph's planner drives and the first plan is awaited.
+    """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from tqdm import tqdm
 
-    cfg = world_config(world)
-    args = {'checkpoint': ckpt or 'shipped', 'device': device, 'world': world}
-    graph = control_graph(args, params_file=params_file)
-    for _, exe, spec in graph:
-        if exe == 'room_sim':
-            spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
-            if not realtime:
-                # Step on the planner's planner/answered (the frame each command answers), not
-                # on cmd_vel: a command for an older frame (the previous episode's last) is
-                # ignored, so exactly one command advances the world per frame.
-                spec.params['answer_topic'] = 'planner/answered'
-            if start is not None:
-                spec.params['start'] = [float(v) for v in start]
-        if exe == 'planner':
-            spec.params['trigger'] = 'timer' if realtime else 'belief'
-            if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
-                spec.params['belief_timeout'] = 2.0
-        if exe == 'belief' and not realtime:
-            # One command per frame in lockstep: wait for it even on a loaded machine (nothing
-            # else moves the world meanwhile; a late one is counted: commands_late).
-            # Paired by stamp with the answer to the frame before (what the sim steps on).
-            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 5.0,
-                                'answer_topic': 'planner/answered'})
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     rclpy.init(domain_id=domain_id)
     node = Node('wmc_eval')
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     watch = _Watcher(node, record_frames)
-    results, t_start = [], time.monotonic()
+    if driver is not None:
+        driver(node, watch)
+    results = []
     try:
         with NodeGroup(ros_env(domain_id), quiet=quiet) as group:
-            for _, _, spec in graph:
+            for spec in specs:
                 group.start(spec)
 
             def spin_until(cond, timeout, what):
@@ -141,12 +156,14 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                     ex.spin_once(timeout_sec=0.01)
                     return cond()
                 wait_for(check, timeout, what, poll=0)
-            spin_until(lambda: watch.reset_client.service_is_ready()
-                       and node.count_publishers('/planner/plan_ms') > 0
-                       and node.count_publishers('/belief') > 0, 120, 'the control graph')
-            spin_until(lambda: len(watch.plan_ms) > 0 or realtime, 60, 'a first plan')
+            spin_until(lambda: watch.reset_client.service_is_ready() and (
+                driver is not None or (node.count_publishers('/planner/plan_ms') > 0
+                                       and node.count_publishers('/belief') > 0)), 120,
+                'the control graph')
+            spin_until(lambda: len(watch.plan_ms) > 0 or realtime or driver is not None, 60,
+                       'a first plan')
             watch.plan_ms.clear()          # timings from the episodes only, not warm-up
-            bar = tqdm(range(episodes), desc='eval', unit='ep', disable=not progress)
+            bar = tqdm(range(episodes), desc=desc, unit='ep', disable=not progress)
             for ep in bar:
                 n_markers = len(watch.markers)
                 fut = watch.reset_client.call_async(watch.Trigger.Request())
@@ -181,10 +198,75 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+    return results, list(watch.plan_ms)
+
+
+def _rates(results) -> tuple[float, float | None, list]:
+    ok = [r['steps'] for r in results if r['success']]
+    return (float(np.mean([r['success'] for r in results])),
+            float(np.mean(ok)) if ok else None, [r['steps'] for r in results])
+
+
+def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
+                    max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
+                    domain_id: int | None = None, record_frames: bool = False,
+                    params_file: str | None = None, quiet: bool = True,
+                    progress: bool = True, start=None, world: str = 'overhead') -> dict:
+    """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m) in
+    ``world`` (overhead | onboard).
+
+    Lockstep: the oracle and random baselines run on the ROS-free world from the same starts.
+    Realtime: the oracle also drives the realtime sim through ROS (ground-truth pose in,
+    cmd_vel out, no model): ``oracle_mean_steps`` is that one, the fair comparison for a
+    controller that acts on frames already a step old; ``lockstep_oracle_mean_steps`` the
+    ROS-free one.
+    """
+    cfg = world_config(world)
+    args = {'checkpoint': ckpt or 'shipped', 'device': device, 'world': world}
+    graph = control_graph(args, params_file=params_file)
+    sim_spec = None
+    for _, exe, spec in graph:
+        if exe == 'room_sim':
+            sim_spec = spec
+            spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
+            if not realtime:
+                # Step on the planner's planner/answered (the frame each command answers), not
+                # on cmd_vel: a command for an older frame (the previous episode's last) is
+                # ignored, so exactly one command advances the world per frame.
+                spec.params['answer_topic'] = 'planner/answered'
+            if start is not None:
+                spec.params['start'] = [float(v) for v in start]
+        if exe == 'planner':
+            spec.params['trigger'] = 'timer' if realtime else 'belief'
+            if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
+                spec.params['belief_timeout'] = 2.0
+        if exe == 'belief' and not realtime:
+            # One command per frame in lockstep: wait for it even on a loaded machine (nothing
+            # else moves the world meanwhile; a late one is counted: commands_late).
+            # Paired by stamp with the answer to the frame before (what the sim steps on).
+            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 5.0,
+                                'answer_topic': 'planner/answered'})
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    t_start = time.monotonic()
+    common = dict(episodes=episodes, max_steps=max_steps, cfg=cfg, realtime=realtime,
+                  domain_id=domain_id, quiet=quiet, progress=progress)
+    results, plan_ms = _run_episodes([spec for _, _, spec in graph],
+                                     record_frames=record_frames, **common)
+    wall_s = round(time.monotonic() - t_start, 1)
     ok = [r['steps'] for r in results if r['success']]
     oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
     rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
-    ms = np.array(watch.plan_ms) if watch.plan_ms else np.array([np.nan])
+    extra = {}
+    if realtime:
+        driven, _ = _run_episodes(
+            [sim_spec], record_frames=False, desc='eval (oracle, realtime)',
+            driver=lambda node, watch: _OracleDriver(node, world, cfg, watch), **common)
+        rate, mean, steps = _rates(driven)
+        extra = {'lockstep_oracle_success_rate': oracle['success_rate'],
+                 'lockstep_oracle_mean_steps': oracle['mean_steps']}
+        oracle = {'success_rate': rate, 'mean_steps': mean,
+                  'steps': [s if r['success'] else None for s, r in zip(steps, driven)]}
+    ms = np.array(plan_ms) if plan_ms else np.array([np.nan])
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
         'mode': 'realtime' if realtime else 'lockstep', 'device': device, 'world': world,
@@ -192,11 +274,12 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         'success_rate': float(np.mean([r['success'] for r in results])),
         'mean_steps': float(np.mean(ok)) if ok else None,
         'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
+        **extra,
         'random_success_rate': rand['success_rate'], 'random_mean_steps': rand['mean_steps'],
         'plan_ms_p50': float(np.percentile(ms, 50)), 'plan_ms_p99': float(np.percentile(ms, 99)),
-        'plan_ms_max': float(np.max(ms)), 'plans': int(len(watch.plan_ms)),
+        'plan_ms_max': float(np.max(ms)), 'plans': int(len(plan_ms)),
         'control_period_ms': 1000.0 * cfg.dt,
-        'wall_s': round(time.monotonic() - t_start, 1),
+        'wall_s': wall_s,
         'per_episode': [{'success': r['success'], 'steps': r['steps'],
                          'oracle_steps': (oracle['steps'][i] if i < len(oracle['steps'])
                                           else None)}
@@ -204,6 +287,9 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     }
     if summary['mean_steps'] and oracle['mean_steps']:
         summary['steps_ratio_vs_oracle'] = summary['mean_steps'] / oracle['mean_steps']
+    if realtime and summary['mean_steps'] and extra['lockstep_oracle_mean_steps']:
+        summary['steps_ratio_vs_lockstep_oracle'] = \
+            summary['mean_steps'] / extra['lockstep_oracle_mean_steps']
     summary['_episodes'] = results          # frames and tracks for the demo; not in JSON
     return summary
 
