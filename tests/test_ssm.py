@@ -221,6 +221,48 @@ def test_loss_knobs_free_nats_balance_reward_scale():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.transition.parameters())
 
 
+def test_overshoot_scores_the_mean_path_under_the_recorded_actions():
+    # What CEM does with the model, written out: from z_t roll the prior's mean path under
+    # a_t..a_{t+d-1} (= prev_actions[t+1..t+d]) and score r(z_{t+d}) against r_{t+d}.
+    x, a, r = random_batch(B=2, T=6, seed=3)
+    D, T = 3, 6
+    m = tiny(overshoot=D, free_nats=0.0)
+    post = m.observe(x, a)
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(0))
+    got = m._overshoot(z, post, a, r)
+    cfg = m.config
+    rew, kls = [], []
+    for d in range(1, D + 1):
+        rd, kd = [], []
+        for t in range(T - d):
+            zi = m.imagine(z[:, t], a[:, t + 1:t + d + 1], sample=False)[:, -1]
+            _, s = m.prior(m.imagine(z[:, t], a[:, t + 1:t + d], sample=False)[:, -1]
+                           if d > 1 else z[:, t], a[:, t + d])
+            rd.append(-0.5 * ((r[:, t + d] - m.reward(zi)) / cfg.reward_std) ** 2
+                      - math.log(cfg.reward_std) - 0.5 * math.log(2 * math.pi))
+            kd.append(gaussian_kl(post.mean[:, t + d], post.std[:, t + d], zi, s))
+        rew.append(torch.stack(rd).mean())
+        kls.append(torch.stack(kd).mean())
+    want_r, want_kl = torch.stack(rew).mean(), torch.stack(kls).mean()
+    assert got['overshoot_reward_loglik'].item() == pytest.approx(want_r.item(), rel=1e-5)
+    assert got['overshoot_kl'].item() == pytest.approx(want_kl.item(), rel=1e-5)
+    assert got['loss'].item() == pytest.approx(
+        -(cfg.reward_scale * want_r - want_kl).item(), rel=1e-5)
+    # off by default: the loss is the ELBO's alone; on, it adds overshoot_scale x the terms
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    off = tiny(free_nats=0.0).elbo(x, a, r, generator=g())
+    assert 'overshoot_kl' not in off
+    on = tiny(free_nats=0.0, overshoot=D, overshoot_scale=2.0).elbo(x, a, r, generator=g())
+    assert on['elbo'].item() == pytest.approx(off['elbo'].item(), rel=1e-6)
+    assert on['loss'].item() > off['loss'].item()
+    # the reward term trains the transition even with the KL balance putting nothing there
+    m = tiny(overshoot=D, kl_balance=0.0, free_nats=1e4)
+    m.elbo(x, a, r)['loss'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.transition.parameters())
+    with pytest.raises(ValueError, match='overshoot'):
+        SSMConfig(overshoot=-1)
+
+
 # ---- imagination ----
 
 def test_imagine_shapes_determinism_and_batching():

@@ -77,11 +77,18 @@ def test_checkpoint_is_self_describing_and_resumable(bag, tmp_path):
     assert summary['steps'] == 7 and load_checkpoint(out, 'ssm')['extra']['step'] == 7
     model = WorldModel.from_checkpoint(out)
     assert model.config.image_size == 16
-    # Resuming with another model config is refused with a clear message.
+    # A fine-tune may change what weighs the loss (here: add overshooting); the checkpoint
+    # records the new weights.
     over = {k: dict(v) for k, v in SMALL.items()}
+    over['model']['overshoot'] = 3
+    over['train']['steps'] = 8
+    train([bag], out, resolve_config('debug', over), resume=True, progress=False)
+    assert load_checkpoint(out, 'ssm')['config']['overshoot'] == 3
+    assert load_checkpoint(out, 'ssm')['extra']['step'] == 8
+    # Resuming with another network is refused with a clear message.
     over['model']['latent_dim'] = 3
     over['train']['steps'] = 9
-    with pytest.raises(ValueError, match='another model config'):
+    with pytest.raises(ValueError, match=r'another model config.*latent_dim'):
         train([bag], out, resolve_config('debug', over), resume=True, progress=False)
 
 
@@ -104,7 +111,8 @@ def test_cli_train_then_eval_writes_the_documented_keys(bag, trained, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     m = json.loads(metrics.read_text())
-    for key in ('openloop_mse', 'copy_last_mse'):
+    for key in ('openloop_mse', 'copy_last_mse', 'openloop_reward_rmse',
+                'copy_last_reward_rmse'):
         assert set(m[key]) == {'1', '5', '10', '15'}
 
     # The evaluated frames, read here: the checkpoint's data config, windows of context 5 +
@@ -123,6 +131,9 @@ def test_cli_train_then_eval_writes_the_documented_keys(bag, trained, tmp_path):
         expect = np.mean([((w[0][context - 1] - w[0][context - 1 + h]) ** 2).mean()
                           for w in wins])
         assert m['copy_last_mse'][str(h)] == pytest.approx(expect, rel=1e-5), h
+        expect_r = np.sqrt(np.mean([(w[1][context - 1] - w[1][context - 1 + h]) ** 2
+                                    for w in wins]))
+        assert m['copy_last_reward_rmse'][str(h)] == pytest.approx(expect_r, rel=1e-4), h
     assert m['reward_std'] == pytest.approx(np.std(rewards, ddof=1), rel=1e-5)
     # The trained model beats trivial predictors: the mean image of these frames, and a
     # constant reward (whose RMSE is the rewards' std).

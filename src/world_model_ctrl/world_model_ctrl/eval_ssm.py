@@ -3,6 +3,9 @@
 Open loop at horizon h: filter the first ``context`` frames of a window, then imagine the next
 frames under the *recorded* actions (prior mean path) and decode; compare the decoded frame
 context-1+h with the true one. The baseline repeats the last context frame. Pixels are in [0, 1].
+``openloop_reward_rmse`` scores the reward head on the same imagined states against the
+recorded rewards: what CEM ranks its plans by; its baseline ``copy_last_reward_rmse`` keeps
+the last context frame's reward.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def evaluate_ssm(model: WorldModel, episodes, context: int = 5, horizons=HORIZON
     sums = {'elbo': 0.0, 'recon_se': 0.0, 'reward_se': 0.0}
     ol = {h: 0.0 for h in horizons}
     cl = {h: 0.0 for h in horizons}
+    olr = {h: 0.0 for h in horizons}
+    clr = {h: 0.0 for h in horizons}
     rewards_all, n_frames, n_win = [], 0, 0
     for i in range(0, len(wins), batch_size):
         chunk = wins[i:i + batch_size]
@@ -50,12 +55,17 @@ def evaluate_ssm(model: WorldModel, episodes, context: int = 5, horizons=HORIZON
         recon = model.decode(post.mean).clamp(0, 1)
         sums['recon_se'] += float(((recon - images) ** 2).mean((2, 3, 4)).sum())
         sums['reward_se'] += float(((model.reward(post.mean) - rewards) ** 2).sum())
-        pred = model.openloop(images, actions, context, max(horizons))     # (B, Hmax, C, S, S)
+        z = model.imagine(post.mean[:, context - 1], actions[:, context:length], sample=False)
+        pred = model.decode(z).clamp(0, 1)                                 # (B, Hmax, C, S, S)
+        pred_r = model.reward(z)                                           # (B, Hmax)
         last = images[:, context - 1]
         for h in horizons:
             target = images[:, context - 1 + h]
             ol[h] += float(((pred[:, h - 1] - target) ** 2).mean((1, 2, 3)).sum())
             cl[h] += float(((last - target) ** 2).mean((1, 2, 3)).sum())
+            r_target = rewards[:, context - 1 + h]
+            olr[h] += float(((pred_r[:, h - 1] - r_target) ** 2).sum())
+            clr[h] += float(((rewards[:, context - 1] - r_target) ** 2).sum())
         rewards_all.append(rewards.flatten().cpu())
         n_frames += B * T
         n_win += B
@@ -67,6 +77,8 @@ def evaluate_ssm(model: WorldModel, episodes, context: int = 5, horizons=HORIZON
         'copy_last_mse': {str(h): cl[h] / n_win for h in horizons},
         'openloop_ratio': {str(h): ol[h] / max(cl[h], 1e-12) for h in horizons},
         'reward_rmse': float(np.sqrt(sums['reward_se'] / n_frames)),
+        'openloop_reward_rmse': {str(h): float(np.sqrt(olr[h] / n_win)) for h in horizons},
+        'copy_last_reward_rmse': {str(h): float(np.sqrt(clr[h] / n_win)) for h in horizons},
         'reward_std': float(r.std()),
         'windows': n_win, 'frames': n_frames, 'episodes': len(episodes),
         'context': context, 'window_length': length,

@@ -48,6 +48,11 @@ class SSMConfig:
     reward_scale: float = 10.0    # weight of the reward log-lik in the loss (not in the ELBO)
     action_scale: float = 0.5     # actions are divided by this before entering any network
     deterministic_prior: bool = False   # gated (GRU-cell) transition instead of a plain MLP
+    # Overshooting (PlaNet section 4, for what CEM scores): from every posterior sample, roll
+    # the prior's mean path D steps under the recorded actions and score r(z_{t+d}) against the
+    # recorded reward (weight overshoot_scale, like reward_scale) and KL(sg q(z_{t+d}) || p_d).
+    overshoot: int = 0            # D; 0 = the filtering ELBO alone
+    overshoot_scale: float = 1.0  # weight of the overshooting terms, per step d
 
     def __post_init__(self):
         s = self.image_size
@@ -66,6 +71,9 @@ class SSMConfig:
             raise ValueError(f'kl_balance must be in [0, 1], got {self.kl_balance}')
         if self.reward_scale < 0:
             raise ValueError(f'reward_scale must be >= 0, got {self.reward_scale}')
+        if int(self.overshoot) < 0 or self.overshoot_scale < 0:
+            raise ValueError(f'overshoot and overshoot_scale must be >= 0, got '
+                             f'{self.overshoot} and {self.overshoot_scale}')
 
     @classmethod
     def from_dict(cls, d: dict) -> 'SSMConfig':
@@ -79,6 +87,11 @@ class SSMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Fields that weigh the training loss only: a fine-tune (train-ssm --resume) may change them.
+LOSS_KEYS = ('obs_std', 'reward_std', 'free_nats', 'kl_balance', 'reward_scale', 'overshoot',
+             'overshoot_scale')
 
 
 # Named overlays on the dataclass defaults (DreamerV3-style). 'debug' is for tests and smoke runs.
@@ -348,15 +361,46 @@ class WorldModel(nn.Module):
         kl_loss = (2 * bal - bal.detach()).sum(1)
         kl_loss = kl_loss + kl_first.clamp(min=fn)      # fixed N(0, I): nothing to balance
         loss = -(recon.sum(1) + cfg.reward_scale * rew.sum(1) - kl_loss) / T
+        over = self._overshoot(z, post, prev_actions, rewards)
 
         return {
-            'loss': loss.mean(),
+            'loss': loss.mean() + cfg.overshoot_scale * over['loss'],
+            **{k: v for k, v in over.items() if k != 'loss'},
             'elbo': elbo.mean().detach(),
             'recon_loglik': (recon.sum(1) / T).mean().detach(),
             'reward_loglik': (rew.sum(1) / T).mean().detach(),
             'kl': (kl_sum / T).mean().detach(),
             'kl_first': kl_first.mean().detach(),
         }
+
+    def _overshoot(self, z, post: Posterior, prev_actions, rewards) -> dict:
+        """Overshooting terms of the loss, averaged over start times t and distances d.
+
+        What the planner does with the model, trained directly: from z_t (the posterior sample)
+        the prior's mean path under a_t..a_{t+d-1} gives z_{t+d}; its reward must match the
+        recorded r_{t+d} (weighted like reward_scale) and its prior must cover q(z_{t+d})
+        (KL to a stopped-gradient posterior, free nats as in the ELBO). Without it, only
+        one-step predictions are trained, and the mean path may drift towards states the reward
+        head rates well: CEM then prefers plans that do nothing.
+        """
+        cfg, T = self.config, z.shape[1]
+        D = min(int(cfg.overshoot), T - 1)
+        zero = z.new_zeros(())
+        if D < 1:
+            return {'loss': zero}
+        m = z[:, :-1]                                             # (B, T-1, Z): starts t
+        rew_terms, kl_terms = [], []
+        for d in range(1, D + 1):
+            # a start at t reaches t+d; starts t > T-1-d have no target and are dropped
+            m, s = self.prior(m[:, :T - d], prev_actions[:, d:])
+            r = gaussian_loglik(rewards[:, d:], self.reward(m), cfg.reward_std)  # (B, T-d)
+            kl = gaussian_kl(post.mean[:, d:].detach(), post.std[:, d:].detach(), m, s)
+            rew_terms.append(r.mean())
+            kl_terms.append(kl.clamp(min=cfg.free_nats).mean())
+        rew_ll = torch.stack(rew_terms).mean()
+        kl = torch.stack(kl_terms).mean()
+        return {'loss': -(cfg.reward_scale * rew_ll - kl),
+                'overshoot_reward_loglik': rew_ll.detach(), 'overshoot_kl': kl.detach()}
 
     @torch.no_grad()
     def openloop(self, images, prev_actions, context: int, horizon: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from world_model_ctrl.configs import check_positive, from_dict
 from world_model_ctrl.actions import action_spec
 from world_model_ctrl.data import DataConfig, SequenceDataset, frame_interval
-from world_model_ctrl.ssm import CHECKPOINT_KIND, SSMConfig, WorldModel, images_to_tensor
+from world_model_ctrl.ssm import CHECKPOINT_KIND, LOSS_KEYS, SSMConfig, WorldModel, images_to_tensor
 from world_model_ctrl.training import (autocast, check_finite_step, episode_split,
                                        layered_config, load_for_resume, setup_run,
                                        summary_writer, wrap_ddp)
@@ -133,7 +133,7 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     step = 0
     saved_step = None           # the step of the last good checkpoint (kept if training fails)
     if resume:
-        ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict())
+        ckpt = load_for_resume(out, CHECKPOINT_KIND, mcfg.to_dict(), LOSS_KEYS)
         model.load_state_dict(ckpt['state_dict'])
         extra = ckpt['extra']
         if 'optimizer' in extra:

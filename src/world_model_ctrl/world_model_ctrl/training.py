@@ -1,6 +1,7 @@
 """What `train-ssm` and `train-prior` share: layered configs, run setup, resume, logging."""
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,6 +13,8 @@ import yaml
 from world_model_ctrl.cem import resolve_device
 from world_model_ctrl.checkpoint import load_checkpoint
 from world_model_ctrl.data import DataConfig, build_cache, split_episodes
+
+log = logging.getLogger(__name__)
 
 
 def load_yaml(path) -> dict:
@@ -92,16 +95,27 @@ def episode_split(bags, out: Path, cache_dir, dcfg: DataConfig, rank: int, progr
     return cache, train_eps, val_eps
 
 
-def load_for_resume(out: Path, kind: str, model_config: dict) -> dict:
-    """The checkpoint to continue, refused with a clear message if its model config differs."""
+def load_for_resume(out: Path, kind: str, model_config: dict,
+                    loss_keys: tuple = ()) -> dict:
+    """The checkpoint to continue, refused with a clear message if its model config differs.
+
+    ``loss_keys`` only weigh the training loss, not the networks: a fine-tune may change them
+    (or add them, to a checkpoint written before they existed); the new values are logged and
+    the checkpoints it writes record them.
+    """
     if not out.exists():
         raise FileNotFoundError(f'--resume: no checkpoint at {out}')
     ckpt = load_checkpoint(out, kind)
-    if ckpt['config'] != model_config:
-        diff = {k: (ckpt['config'].get(k), v) for k, v in model_config.items()
-                if ckpt['config'].get(k) != v}
+    old = ckpt['config']
+    diff = {k: (old.get(k), model_config.get(k)) for k in set(old) | set(model_config)
+            if k not in loss_keys and old.get(k) != model_config.get(k)}
+    if diff:
         raise ValueError(f'--resume: {out} was trained with another model config '
                          f'(checkpoint vs now): {diff}')
+    changed = {k: (old.get(k), model_config.get(k)) for k in loss_keys
+               if old.get(k) != model_config.get(k)}
+    if changed:
+        log.info('--resume: loss weights changed (checkpoint vs now): %s', changed)
     return ckpt
 
 
