@@ -190,3 +190,27 @@ def test_per_dimension_std_explores_each_field_on_its_own_scale():
     assert torch.all(res.plan_std[:, 1] == 2.5)                          # floored at 2.5
     with pytest.raises(ValueError, match='init_std has 3 values for 2'):
         cfg(init_std=(0.1, 0.2, 0.3))
+
+
+def test_commands_in_flight_are_the_latest_at_each_step_since_the_frame():
+    import numpy as np
+
+    from world_model_ctrl.planner import commands_in_flight
+    ms = 1_000_000
+    a, b, c = np.array([0.1, 0.0]), np.array([0.2, 0.0]), np.array([0.3, 0.0])
+    sent = [(950 * ms, a), (1040 * ms, b), (1060 * ms, c)]
+    # frame at 1000 ms, 100 ms steps: nothing happened yet 99 ms later
+    assert commands_in_flight(sent, 1000 * ms, 1099 * ms, 100 * ms, 3, 2) == []
+    # one step (at 1100 ms) with the latest command by then: c, sent after b
+    got = commands_in_flight(sent, 1000 * ms, 1150 * ms, 100 * ms, 3, 2)
+    assert len(got) == 1 and got[0] is c
+    # a frame 250 ms old: steps at 1100 and 1200 ms
+    got = commands_in_flight(sent, 1000 * ms, 1250 * ms, 100 * ms, 3, 2)
+    assert [g[0] for g in got] == [0.3, 0.3]
+    # steps at 900 (nothing sent yet: zero), 1000 (only a), 1100 (c); at most max_steps
+    got = commands_in_flight(sent, 800 * ms, 1450 * ms, 100 * ms, 3, 2)
+    assert [g[0] for g in got] == [0.0, 0.1, 0.3]
+    # no command yet: zero; a negative age or no step: none
+    assert commands_in_flight([], 0, 150 * ms, 100 * ms, 3, 2)[0].tolist() == [0.0, 0.0]
+    assert commands_in_flight(sent, 1000 * ms, 900 * ms, 100 * ms, 3, 2) == []
+    assert commands_in_flight(sent, 1000 * ms, 1500 * ms, 0, 3, 2) == []

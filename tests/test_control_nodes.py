@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from geometry_msgs.msg import Twist, TwistStamped
+import rclpy.duration
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header
@@ -323,3 +324,53 @@ def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny
                                run([0, 1], [(0, 0), (0.3, -0.2)]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(belief_from_msg(beliefs[2])[0], run([5], [(0, 0)]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_planner_compensates_latency_by_the_frames_age(ros_node, tiny_ssm_ckpt):
+    """compensate_latency (trigger=timer): a belief is advanced by the steps (0.1 s) its frame
+    is old when planned: beliefs stamped 250 ms ago take two or three more steps per plan than
+    fresh ones (which age too while the planner re-plans from them, and on a loaded machine);
+    one stamped 10 s ago (a camera clock that runs off) is not compensated and is counted."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    pub = ros_node.create_publisher(Image, 'belief', 10)
+    reports = []
+    ros_node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: reports.extend(
+        {kv.key: kv.value for kv in s.values} for s in m.status
+        if s.name.endswith('/planner')), 50)
+    z = SSMConfig.from_preset('debug').latent_dim
+
+    def feed(age_s, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            h = Header()
+            h.stamp = (ros_node.get_clock().now()
+                       - rclpy.duration.Duration(nanoseconds=int(age_s * 1e9))).to_msg()
+            pub.publish(belief_to_msg(np.full(z, 0.5), np.full(z, 0.1), h))
+            _spin_for(ros_node, 0.03)
+
+    def counts(age_s):
+        """Feed beliefs of that age until the next planner report (once a second)."""
+        n = len(reports)
+        while len(reports) == n:
+            feed(age_s, 0.03)
+        r = reports[-1]
+        return int(r['plans']), int(r['latency_steps']), int(r['latency_uncompensated'])
+    with NodeGroup() as group:
+        group.start(NodeSpec('world_model_ctrl.planner', {
+            'checkpoint': str(tiny_ssm_ckpt), 'rate_hz': 20.0, 'belief_timeout': 0.5,
+            'compensate_latency': True, 'candidates': 50, 'iterations': 2, 'top_k': 5,
+            'horizon': 5}))
+        spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 30, 'planner up')
+        feed(0.0, 1.0)                  # fresh frames (stamped now, planned within 30 ms)
+        p0, s0, u0 = counts(0.0)
+        p1, s1, u1 = counts(0.0)
+        feed(0.25, 0.2)
+        p2, s2, u2 = counts(0.25)       # frames 250-300 ms old when planned
+        p2b, s2b, u2b = counts(0.25)
+        feed(10.0, 0.2)                 # a camera clock 10 s behind
+        p3, s3, u3 = counts(10.0)
+        p3b, s3b, u3b = counts(10.0)
+    fresh, old = (s1 - s0) / (p1 - p0), (s2b - s2) / (p2b - p2)
+    assert p1 - p0 >= 10 and p2b - p2 >= 10 and u1 == u0 and u2b == u2
+    assert fresh + 1.5 <= old <= 3, (fresh, old)
+    assert p3b - p3 >= 10 and s3b == s3 and u3b - u3 >= 0.8 * (p3b - p3), (p3, u3, p3b, u3b)

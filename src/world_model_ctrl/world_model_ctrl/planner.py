@@ -18,6 +18,7 @@ expects; the camera may run seconds off. Which frame a command answers goes on i
 command), for lockstep simulators and latency tracing. Zeros that answer no frame (the watchdog,
 shutdown) are on cmd_vel only.
 """
+import collections
 import threading
 import time
 
@@ -28,6 +29,7 @@ from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, Header
 
@@ -67,6 +69,28 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1)[0])
 
 
+def commands_in_flight(sent, frame_ns: int, now_ns: int, step_ns: int, max_steps: int,
+                       action_dim: int) -> list:
+    """The commands a robot applied after a frame was taken and before one published now acts.
+
+    A world that steps every ``step_ns`` and applies the latest command at each step has taken
+    floor(age / step) steps since the frame (age = now - frame stamp): step i with the last
+    command in ``sent`` ((publish time ns, action), oldest first) published by frame + i step
+    (zero if none). At most ``max_steps``; none for a negative age or step.
+    """
+    age = now_ns - frame_ns
+    if age < 0 or step_ns <= 0:
+        return []
+    out = []
+    for i in range(1, min(int(age // step_ns), max_steps) + 1):
+        tick, latest = frame_ns + i * step_ns, np.zeros(action_dim)
+        for t, a in sent:
+            if t <= tick:
+                latest = a
+        out.append(latest)
+    return out
+
+
 class PlannerNode(Node):
     """belief -> CEM -> cmd_vel (+ planner/answered); diagnostics on planner/plan_ms and
     planner/predicted_return."""
@@ -96,6 +120,11 @@ class PlannerNode(Node):
         # fields of different units (m/s, rad/s) need the former
         self.declare_parameter('relative_std', False)
         # planner/imagined (rgb8): the chosen plan's decoded frames, for people (views.py)
+        # trigger=timer: plan from the belief advanced through the transition (mean path) by
+        # the commands applied since its frame was taken (the frame's age in model steps, from
+        # its stamp and this node's clock; at most 3; none for an age below zero or above
+        # belief_timeout, e.g. a camera clock that runs off)
+        self.declare_parameter('compensate_latency', False)
         self.declare_parameter('publish_imagined', False)
         self.declare_parameter('imagined_rate_hz', 1.0)
         for k, v in CEM_PARAMS.items():
@@ -127,6 +156,10 @@ class PlannerNode(Node):
         self.cem = cem_planner({k: p(k).value for k in (*CEM_PARAMS, 'relative_std', 'seed')},
                                self.high, str(self.device))
         self.timeout = p('belief_timeout').value
+        self.compensate = bool(p('compensate_latency').value) and self.trigger == 'timer'
+        self.step_ns = int(round(float(self.model.checkpoint_extra.get('frame_interval_s')
+                                       or 0.0) * 1e9))
+        self.sent = collections.deque(maxlen=16)   # (node clock ns, action) of every command
         self.require_monitor = bool(p('require_monitor').value)
         self.monitor_timeout = p('monitor_timeout').value
         sample = bool(p('sample_transitions').value)
@@ -164,7 +197,8 @@ class PlannerNode(Node):
         self.create_timer(self.period, self.on_timer)
         # counted since start: what /diagnostics reports (every second)
         self.counts = dict.fromkeys(('plans', 'commands', 'zero_while_holding',
-                                     'nonfinite_beliefs', 'nonfinite_plans'), 0)
+                                     'nonfinite_beliefs', 'nonfinite_plans',
+                                     'latency_steps', 'latency_uncompensated'), 0)
         self.plan_ms = 0.0
         self.diag = Diagnostics(self)
         self.create_timer(1.0, self.report)
@@ -276,9 +310,11 @@ class PlannerNode(Node):
             self.reset_plan = False
             self.cem.reset(seed)
         t0 = time.perf_counter()
+        z0 = torch.from_numpy(mean)
+        if self.compensate:
+            z0 = self.advance(z0, header)
         with torch.no_grad():
-            res = self.cem.plan(self.rollout, torch.from_numpy(mean),
-                                torch.from_numpy(std))
+            res = self.cem.plan(self.rollout, z0, torch.from_numpy(std))
         action = res.action.cpu().numpy()
         if not np.all(np.isfinite(action)):
             self.counts['nonfinite_plans'] += 1
@@ -291,6 +327,23 @@ class PlannerNode(Node):
         self.pub_ret.publish(Float32(data=float(res.predicted_return)))
         # after the command went out: decoding never delays one
         self.view.publish(lambda: imagined(self.model, mean, res.plan_mean), header)
+
+    @torch.no_grad()
+    def advance(self, z: torch.Tensor, header) -> torch.Tensor:
+        """The belief mean moved through the commands in flight (``compensate_latency``)."""
+        now = self.get_clock().now().nanoseconds
+        frame = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        if not 0 <= now - frame <= self.timeout * 1e9:
+            self.counts['latency_uncompensated'] += 1
+            return z
+        with self.pub_lock:
+            sent = list(self.sent)
+        acts = commands_in_flight(sent, frame, now, self.step_ns, 3, len(self.fields))
+        self.counts['latency_steps'] += len(acts)
+        if not acts:
+            return z
+        a = torch.from_numpy(np.stack(acts).astype(np.float32))[None]      # (1, m, A)
+        return self.model.imagine(z[None].float(), a, sample=False)[0, -1]
 
     def publish(self, action, header=None, final=False):
         """The only way to cmd_vel: finite and within bounds, and nothing after the final zero
@@ -314,6 +367,7 @@ class PlannerNode(Node):
             self.closed = final
             now = Header(stamp=self.get_clock().now().to_msg(), frame_id=frame_id)
             self.pub.publish(cmd_from_action(action, self.fields, self.stamped, now))
+            self.sent.append((Time.from_msg(now.stamp).nanoseconds, action))
             if header is not None:
                 self.pub_answered.publish(cmd_from_action(action, self.fields, True, header))
             self.counts['commands'] += 1
