@@ -214,3 +214,24 @@ def test_commands_in_flight_are_the_latest_at_each_step_since_the_frame():
     assert commands_in_flight([], 0, 150 * ms, 100 * ms, 3, 2)[0].tolist() == [0.0, 0.0]
     assert commands_in_flight(sent, 1000 * ms, 900 * ms, 100 * ms, 3, 2) == []
     assert commands_in_flight(sent, 1000 * ms, 1500 * ms, 0, 3, 2) == []
+
+
+def test_noise_correlation_samples_ar1_sequences_with_unit_step_variance():
+    calls = []
+    c = cfg(candidates=4000, top_k=5, iterations=1, horizon=8, init_std=1.0,
+            noise_correlation=0.7, action_low=(-50.0,), action_high=(50.0,))
+    cem_plan(linear_model(torch.zeros(1), calls), torch.zeros(1), torch.zeros(1), c,
+             generator=seeded(0))
+    a = calls[0][1][:, :, 0]                                   # (N, H): mean 0, std 1
+    assert a.std(0).sub(1.0).abs().max() < 0.06
+    corr = [torch.corrcoef(torch.stack([a[:, k], a[:, k + d]]))[0, 1].item()
+            for d in (1, 2) for k in range(0, 8 - d)]
+    lag1, lag2 = corr[:7], corr[7:]
+    assert all(abs(r - 0.7) < 0.05 for r in lag1) and all(abs(r - 0.49) < 0.05 for r in lag2)
+    calls.clear()                                              # 0: white noise, as before
+    cem_plan(linear_model(torch.zeros(1), calls), torch.zeros(1), torch.zeros(1),
+             dataclasses.replace(c, noise_correlation=0.0), generator=seeded(0))
+    w = calls[0][1][:, :, 0]
+    assert abs(torch.corrcoef(torch.stack([w[:, 0], w[:, 1]]))[0, 1].item()) < 0.05
+    with pytest.raises(ValueError, match='noise_correlation'):
+        cfg(noise_correlation=1.0)

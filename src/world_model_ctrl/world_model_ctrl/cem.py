@@ -34,6 +34,9 @@ class CEMConfig:
     min_std: float | tuple = 0.05  # floor on the refit std: the search never collapses
     # (either one number for every action dimension, or one per dimension)
     warm_start: bool = True  # start from the previous plan shifted by one step (CEMPlanner)
+    # Sampling noise correlated over the horizon: AR(1) with this coefficient, unit variance per
+    # step (0 = white noise, PlaNet; iCEM samples coloured noise for smoother, longer moves)
+    noise_correlation: float = 0.0
     device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...
 
     def __post_init__(self):
@@ -49,6 +52,8 @@ class CEMConfig:
             raise ValueError(f"top_k={self.top_k} exceeds candidates={self.candidates}")
         if self.iterations < 0:
             raise ValueError("iterations must be >= 0")
+        if not 0.0 <= self.noise_correlation < 1.0:
+            raise ValueError("noise_correlation must be in [0, 1)")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError("gamma must be in (0, 1]")
         for name in ("init_std", "min_std"):
@@ -150,6 +155,12 @@ def cem_plan(
     predicted_return = float("nan")
     for _ in range(cfg.iterations):
         eps = _randn((N, H, A), generator, device)
+        if cfg.noise_correlation > 0:
+            c = cfg.noise_correlation
+            steps = [eps[:, 0]]
+            for k in range(1, H):        # eps_k = c eps_{k-1} + sqrt(1 - c^2) xi_k
+                steps.append(c * steps[-1] + (1 - c * c) ** 0.5 * eps[:, k])
+            eps = torch.stack(steps, 1)
         actions = torch.clamp(mean + std * eps, low, high)  # (N, H, A)
         # The same P particles for every candidate (common random numbers): candidates
         # are ranked on their actions, not on which latent draws they happened to get.

@@ -46,7 +46,7 @@ from world_model_ctrl.views import ImageView, imagined
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
 # cores with the sim and belief running (docs/benchmarks.md).
 CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'gamma': 0.99,
-              'particles': 1, 'init_std': 0.3, 'min_std': 0.05}
+              'particles': 1, 'init_std': 0.3, 'min_std': 0.05, 'noise_correlation': 0.0}
 
 
 
