@@ -43,6 +43,18 @@ def cmd_collect_planner(a) -> int:
     return 0
 
 
+def cmd_improve(a) -> int:
+    from world_model_ctrl.improve import improve
+    over = _overrides(a, train_keys=())
+    improve(a.out, a.bags, a.rounds, a.world, a.ckpt, a.episodes, a.steps, a.noise,
+            a.train_steps, a.eval_episodes, a.eval_seed, a.seed, a.params,
+            {k: v for k, v in over.items() if v}, progress=not a.no_progress,
+            log=lambda m: print(m, file=sys.stderr))
+    print(f'table: {Path(a.out) / "improve.json"}, plot: {Path(a.out) / "improve.png"}, '
+          f'model: {Path(a.out) / "model.pt"}', file=sys.stderr)
+    return 0
+
+
 def cmd_bag_info(a) -> int:
     from world_model_ctrl.data import bag_summary
     info = bag_summary(a.bag)
@@ -351,6 +363,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-progress', action='store_true')
     _add_world_arg(p)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser('improve', help="rounds of the planner's own episodes -> fine-tune -> "
+                       'evaluate (data aggregation), with a table and a plot; resumable')
+    p.add_argument('--bags', nargs='+', required=True, help='the base training bags')
+    p.add_argument('--out', required=True, help='run directory (improve.json, model.pt, bags)')
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--ckpt', help="starting SSM checkpoint (default: the world's shipped model)")
+    p.add_argument('--episodes', type=int, default=100, help='planner episodes per round')
+    p.add_argument('--steps', type=int, default=50, help='commands per episode')
+    p.add_argument('--noise', type=float, default=0.3,
+                   help="exploration noise, a fraction of each field's limit")
+    p.add_argument('--train-steps', type=int, default=1000, help='fine-tuning steps per round')
+    p.add_argument('--eval-episodes', type=int, default=20)
+    p.add_argument('--eval-seed', type=int, default=1000)
+    p.add_argument('--seed', type=int, default=0, help='collection seed (round k: seed + k)')
+    p.add_argument('--params', help="control params YAML (default: the world's)")
+    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE',
+                   help='change the recorded recipe for the fine-tune, e.g. model.overshoot=10')
+    p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
+    p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser('collect-planner', help="record the planner's own episodes (+ noise) "
                        'into a bag, without ROS (data aggregation for fine-tuning)')
