@@ -272,22 +272,28 @@ def test_lockstep_planner_answers_per_frame_and_per_episode_deterministically(ro
 
 def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny_ssm_ckpt):
     """cmd_sync with answer_topic: frame t is filtered with the answer to frame t-1 (by stamp;
-    an answer to another frame is not it), and after an episode start the last episode's
-    frames that arrive late are not filtered into the new episode."""
+    an answer to another frame is not it); after an episode start the last episode's frames
+    that arrive late are not filtered into the new one; and a new episode's first frame that
+    comes before its episode_start is filtered as the first when it comes."""
     beliefs = []
     ros_node.create_subscription(Image, 'belief', beliefs.append, QoSProfile(depth=100))
     pub = ros_node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=100))
     answer = ros_node.create_publisher(TwistStamped, 'planner/answered', QoSProfile(depth=10))
     reset = ros_node.create_publisher(Header, 'room_sim/episode_start', QoSProfile(depth=10))
 
+    def fr(k):                          # frames 0.1 s apart in stamps (the model's step)
+        img = frame(k)
+        img.header.stamp.sec, img.header.stamp.nanosec = 100, k * 100_000_000
+        return img
+
     def answer_to(k, vx, vy):
-        msg = TwistStamped(header=frame(k).header)
+        msg = TwistStamped(header=fr(k).header)
         msg.twist.linear.x, msg.twist.linear.y = vx, vy
         answer.publish(msg)
 
     def start(k):
         h = Header(frame_id='1')
-        h.stamp = frame(k).header.stamp
+        h.stamp = fr(k).header.stamp
         reset.publish(h)
         _spin_for(ros_node, 0.3)
     with NodeGroup() as group:
@@ -295,9 +301,9 @@ def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny
                                           'cmd_sync_timeout': 5.0,
                                           'answer_topic': 'planner/answered'}, beliefs, pub)
         start(0)
-        pub.publish(frame(0))
+        pub.publish(fr(0))
         spin_until(ros_node, lambda: len(beliefs) == 1, 10, 'the first frame of the episode')
-        pub.publish(frame(1))
+        pub.publish(fr(1))
         answer_to(7, 0.5, 0.5)             # answers another frame: not frame 1's cause
         _spin_for(ros_node, 1.0)
         assert len(beliefs) == 1
@@ -305,12 +311,19 @@ def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny
         spin_until(ros_node, lambda: len(beliefs) == 2, 10, 'frame 1 after its command')
         start(5)                           # next episode from frame 5 on
         answer_to(1, 0.4, 0.4)             # the last episode's trailing answer
-        pub.publish(frame(2))              # and its trailing frame, late
+        pub.publish(fr(2))                 # and its trailing frame, late
         _spin_for(ros_node, 1.0)
         assert len(beliefs) == 2
-        pub.publish(frame(5))
+        pub.publish(fr(5))
         spin_until(ros_node, lambda: len(beliefs) == 3, 10, 'the new episode\'s first frame')
-    assert [b.header.stamp.sec for b in beliefs] == [100, 101, 105]
+        # the next episode's first frame before its episode_start: held (no answer caused it),
+        # then filtered as the first frame when the episode start comes
+        pub.publish(fr(7))
+        _spin_for(ros_node, 1.0)
+        assert len(beliefs) == 3
+        start(7)
+        spin_until(ros_node, lambda: len(beliefs) == 4, 10, 'frame 7 after its episode_start')
+    assert [b.header.stamp.nanosec // 100_000_000 for b in beliefs] == [0, 1, 5, 7]
     model = WorldModel.from_checkpoint(tiny_ssm_ckpt)
 
     def run(ks, actions):
@@ -322,8 +335,9 @@ def test_lockstep_belief_pairs_frames_with_their_answers_by_stamp(ros_node, tiny
         return mean[0].numpy()
     np.testing.assert_allclose(belief_from_msg(beliefs[1])[0],
                                run([0, 1], [(0, 0), (0.3, -0.2)]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(belief_from_msg(beliefs[2])[0], run([5], [(0, 0)]),
-                               rtol=1e-5, atol=1e-6)
+    for i, k in ((2, 5), (3, 7)):
+        np.testing.assert_allclose(belief_from_msg(beliefs[i])[0], run([k], [(0, 0)]),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_planner_compensates_latency_by_the_frames_age(ros_node, tiny_ssm_ckpt):

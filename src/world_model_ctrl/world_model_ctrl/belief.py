@@ -135,8 +135,10 @@ class BeliefNode(Node):
         # last episode may still be on their way (or held for their command): they are not
         # filtered into the new one, and the reset waits for the new episode's first frame.
         self.reset_at = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec
-        if self.pending is not None and _ns(self.pending[0]) < self.reset_at:
-            self.pending = None
+        if self.pending is not None:
+            held, self.pending = self.pending[0], None
+            if _ns(held) >= self.reset_at:       # the episode's first frame came first
+                self.on_image(held, counted=True)
 
     def reset_state(self):
         self.h = None
@@ -145,9 +147,10 @@ class BeliefNode(Node):
         self.last_stamp = None
         self.pacer.reset()
 
-    def on_image(self, msg):
-        self.frames.frame()
-        self.counts['frames_received'] += 1
+    def on_image(self, msg, counted=False):
+        if not counted:
+            self.frames.frame()
+            self.counts['frames_received'] += 1
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if self.reset_at is not None:              # cmd_sync only
             if _ns(msg) < self.reset_at:
