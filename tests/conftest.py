@@ -1,6 +1,10 @@
 """Shared fixtures. ROS tests use real DDS in a domain of their own, on localhost only."""
+import contextlib
+import fcntl
 import itertools
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +75,31 @@ def tiny_ssm_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
     tiny_world_model().save(path, extra=ROOM_EXTRA)
     return path
+
+
+@contextlib.contextmanager
+def _cpu_lock(kind: int):
+    """One lock file for the whole test run (all xdist workers): a test that loads every core
+    on purpose holds it exclusively, tests that measure timing share it, so neither runs while
+    the other does."""
+    path = Path(tempfile.gettempdir()) / f'wmc-tests-cpu-{os.getuid()}.lock'
+    with open(path, 'a') as f:
+        fcntl.flock(f, kind)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def timing_sensitive():
+    """For tests with time or rate bounds: never alongside a test that loads every core."""
+    with _cpu_lock(fcntl.LOCK_SH):
+        yield
+
+
+@pytest.fixture
+def cpu_hog():
+    """For a test that loads every core on purpose: alone among the timing-sensitive ones."""
+    with _cpu_lock(fcntl.LOCK_EX):
+        yield

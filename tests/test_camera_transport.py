@@ -13,6 +13,8 @@ import pytest
 from camerakit import run_transport
 from conftest import unique_domain
 
+pytestmark = pytest.mark.usefixtures('timing_sensitive')  # conftest: not under cpu_hog
+
 SECONDS = 6.0
 
 

@@ -18,6 +18,8 @@ from faultkit import Probe, assert_clean_output, stop_process
 from world_model_ctrl.paths import config_file
 from world_model_ctrl.procs import ros_env
 
+pytestmark = pytest.mark.usefixtures('timing_sensitive')  # conftest: not under cpu_hog
+
 
 def _params_without_watchdog(tmp_path):
     params = yaml.safe_load(config_file('control.yaml').read_text())
