@@ -25,7 +25,8 @@ from world_model_ctrl.camera import (NO_FRAMES_AFTER, CameraSubscription, FrameP
                                      declare_camera_parameters)
 from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
-from world_model_ctrl.messages import action_from_cmd, belief_to_msg, check_action_fields
+from world_model_ctrl.messages import (action_from_cmd, belief_to_msg, check_action_fields,
+                                       stamp_ns)
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import require_positive, run_node
 from world_model_ctrl.ssm import WorldModel, images_to_tensor
@@ -134,10 +135,10 @@ class BeliefNode(Node):
         # Lockstep: the episode starts at the frame with this message's stamp. Frames of the
         # last episode may still be on their way (or held for their command): they are not
         # filtered into the new one, and the reset waits for the new episode's first frame.
-        self.reset_at = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec
+        self.reset_at = stamp_ns(msg.stamp)
         if self.pending is not None:
             held, self.pending = self.pending[0], None
-            if _ns(held) >= self.reset_at:       # the episode's first frame came first
+            if stamp_ns(held.header.stamp) >= self.reset_at:   # the first frame came first
                 self.on_image(held, counted=True)
 
     def reset_state(self):
@@ -153,7 +154,7 @@ class BeliefNode(Node):
             self.counts['frames_received'] += 1
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if self.reset_at is not None:              # cmd_sync only
-            if _ns(msg) < self.reset_at:
+            if stamp_ns(msg.header.stamp) < self.reset_at:
                 self.counts['frames_skipped'] += 1  # the last episode's: its answer is moot
                 return
             self.reset_at = None
@@ -228,10 +229,6 @@ class BeliefNode(Node):
                            'model_step_s': self.step_s,
                            'camera_qos': str(self.camera.reliability.name).lower(),
                            'camera_delivery': self.camera.delivery})
-
-
-def _ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def main(args=None):

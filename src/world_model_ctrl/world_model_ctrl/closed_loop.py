@@ -253,7 +253,7 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     results, plan_ms = _run_episodes([spec for _, _, spec in graph],
                                      record_frames=record_frames, **common)
     wall_s = round(time.monotonic() - t_start, 1)
-    ok = [r['steps'] for r in results if r['success']]
+    success_rate, mean_steps, _ = _rates(results)
     oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
     rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
     extra = {}
@@ -271,8 +271,7 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
         'mode': 'realtime' if realtime else 'lockstep', 'device': device, 'world': world,
         'checkpoint': str(ckpt or 'shipped'),
-        'success_rate': float(np.mean([r['success'] for r in results])),
-        'mean_steps': float(np.mean(ok)) if ok else None,
+        'success_rate': success_rate, 'mean_steps': mean_steps,
         'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
         **extra,
         'random_success_rate': rand['success_rate'], 'random_mean_steps': rand['mean_steps'],

@@ -30,13 +30,10 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 
+from world_model_ctrl.messages import stamp_ns
 from world_model_ctrl.policies import (DEFAULT_TURN_RATE, DRIVE_POLICIES, POLICIES, WORLDS,
                                        make_policy)
 from world_model_ctrl.spin import EXIT_BAD_CONFIG, init_owning_signals, shutdown_keeping_signals
-
-
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def yaw_of(q) -> float:

@@ -15,6 +15,11 @@ from sensor_msgs.msg import Image
 BELIEF_ENCODING = '32FC1'
 
 
+def stamp_ns(stamp) -> int:
+    """A builtin_interfaces/Time in integer nanoseconds."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
 def belief_to_msg(mean: np.ndarray, std: np.ndarray, header) -> Image:
     data = np.stack([np.asarray(mean, np.float32), np.asarray(std, np.float32)])   # (2, Z)
     msg = Image(header=header, height=2, width=data.shape[1], encoding=BELIEF_ENCODING,

@@ -44,8 +44,7 @@ class Agent:
 
     def __init__(self, ckpt=None, world: str = 'overhead', params_file=None,
                  overrides: dict | None = None):
-        from world_model_ctrl.planner import cem_planner, episode_seed
-        self._episode_seed = episode_seed
+        from world_model_ctrl.planner import cem_planner
         self.path = resolve_checkpoint(ckpt or 'shipped', get_world(world).checkpoint)
         self.model = WorldModel.from_checkpoint(self.path, device='cpu').eval()
         self.params = {**planner_params(params_file, world), **(overrides or {})}
@@ -62,8 +61,9 @@ class Agent:
     def reset(self, episode: int | None = None) -> None:
         """A new episode: no filter state, no command yet, no warm start; with the sim's
         ``episode`` number, CEM's generator restarts as the planner node's does."""
+        from world_model_ctrl.planner import episode_seed
         self.planner.reset(None if episode is None else
-                           self._episode_seed(int(self.params.get('seed', 0)), episode))
+                           episode_seed(int(self.params.get('seed', 0)), episode))
         self.h, self.last = None, torch.zeros(1, self.model.config.action_dim)
 
     @torch.no_grad()

@@ -36,7 +36,8 @@ from std_msgs.msg import Bool, Float32, Header
 from world_model_ctrl.actions import check_fields, resolve_limits, trained_spec
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
-from world_model_ctrl.messages import belief_from_msg, check_action_fields, cmd_from_action
+from world_model_ctrl.messages import (belief_from_msg, check_action_fields, cmd_from_action,
+                                       stamp_ns)
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
 from world_model_ctrl.ssm import WorldModel
@@ -173,7 +174,7 @@ class PlannerNode(Node):
         self.reset_plan = False             # drop the warm start before the next plan
         self.seed = int(p('seed').value)
         self.episode_start = None           # (first frame's stamp in ns, CEM seed) to apply
-        self.answered = None                # (frame stamp, action) of the last answer
+        self.answered = None                # (frame stamp ns, action) of the last answer
         self.stop_requested = False
         self.monitor_seen = None            # monotonic time of the last planner/stop message
         self.lock = threading.Lock()
@@ -248,9 +249,7 @@ class PlannerNode(Node):
         # trigger=belief (lockstep): the episode starts at the frame with this stamp; beliefs
         # for the last episode's frames may still arrive after this message and must not use
         # up the reset. trigger=timer: at the next plan.
-        at = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec \
-            if self.trigger == 'belief' else 0
-        self.episode_start = (at, seed)
+        self.episode_start = (stamp_ns(msg.stamp) if self.trigger == 'belief' else 0, seed)
 
     # -- control ---------------------------------------------------------------------------
     def stale(self) -> bool:
@@ -294,9 +293,8 @@ class PlannerNode(Node):
         if self.must_hold():
             self.publish(np.zeros(len(self.fields)), header)
             return
-        stamp = (header.stamp.sec, header.stamp.nanosec)
-        new_episode = self.episode_start is not None \
-            and stamp[0] * 1_000_000_000 + stamp[1] >= self.episode_start[0]
+        stamp = stamp_ns(header.stamp)
+        new_episode = self.episode_start is not None and stamp >= self.episode_start[0]
         if self.trigger == 'belief' and self.answered is not None \
                 and self.answered[0] == stamp and not (self.reset_plan or new_episode):
             # A lockstep sim re-sent a frame (something was lost downstream): the same frame
@@ -332,7 +330,7 @@ class PlannerNode(Node):
     def advance(self, z: torch.Tensor, header) -> torch.Tensor:
         """The belief mean moved through the commands in flight (``compensate_latency``)."""
         now = self.get_clock().now().nanoseconds
-        frame = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        frame = stamp_ns(header.stamp)
         if not 0 <= now - frame <= self.timeout * 1e9:
             self.counts['latency_uncompensated'] += 1
             return z
