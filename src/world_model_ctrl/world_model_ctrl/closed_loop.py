@@ -156,10 +156,16 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                     ex.spin_once(timeout_sec=0.01)
                     return cond()
                 wait_for(check, timeout, what, poll=0)
-            spin_until(lambda: watch.reset_client.service_is_ready() and (
-                driver is not None or (node.count_publishers('/planner/plan_ms') > 0
-                                       and node.count_publishers('/belief') > 0)), 120,
-                'the control graph')
+            # The sim's markers and poses must reach this node (a marker published before its
+            # subscription matched is lost: the reset would never be seen; a pose received
+            # shows the sim's topics matched), and with a driver here its commands must reach
+            # the sim.
+            spin_until(lambda: watch.reset_client.service_is_ready() and len(watch.poses) > 0
+                       and node.count_publishers('/room_sim/episode_start') > 0 and (
+                           node.count_subscribers('/cmd_vel') > 0 if driver is not None else
+                           (node.count_publishers('/planner/plan_ms') > 0
+                            and node.count_publishers('/belief') > 0)), 120,
+                       'the control graph')
             spin_until(lambda: len(watch.plan_ms) > 0 or realtime or driver is not None, 60,
                        'a first plan')
             watch.plan_ms.clear()          # timings from the episodes only, not warm-up
