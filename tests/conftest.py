@@ -77,29 +77,37 @@ def tiny_ssm_ckpt(tmp_path_factory):
     return path
 
 
+def _lock_path(name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f'wmc-tests-{name}-{os.getuid()}.lock'
+
+
 @contextlib.contextmanager
-def _cpu_lock(kind: int):
-    """One lock file for the whole test run (all xdist workers): a test that loads every core
-    on purpose holds it exclusively, tests that measure timing share it, so neither runs while
-    the other does."""
-    path = Path(tempfile.gettempdir()) / f'wmc-tests-cpu-{os.getuid()}.lock'
-    with open(path, 'a') as f:
-        fcntl.flock(f, kind)
+def _cpu_lock(exclusive: bool):
+    """One lock for the whole test run (all xdist workers, any concurrent run of this user): a
+    test marked ``alone`` holds it exclusively, every other test shares it. A gate taken
+    exclusively around each acquisition queues the tests in arrival order, so a waiting
+    ``alone`` test is not starved by the other worker's stream of shared holders."""
+    with open(_lock_path('gate'), 'a') as gate, open(_lock_path('cpu'), 'a') as cpu:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(cpu, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(cpu, fcntl.LOCK_UN)
 
 
-@pytest.fixture
-def timing_sensitive():
-    """For tests with time or rate bounds: never alongside a test that loads every core."""
-    with _cpu_lock(fcntl.LOCK_SH):
-        yield
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'alone: runs with no other test of the run alongside (xdist workers wait): '
+        'tests that load every core on purpose, and rate or delivery bounds that other '
+        "tests' CPU load would decide instead of the code")
 
 
-@pytest.fixture
-def cpu_hog():
-    """For a test that loads every core on purpose: alone among the timing-sensitive ones."""
-    with _cpu_lock(fcntl.LOCK_EX):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    # around setup, call and teardown, so a module fixture that trains is covered too
+    with _cpu_lock(exclusive=item.get_closest_marker('alone') is not None):
         yield

@@ -13,11 +13,10 @@ import pytest
 from camerakit import run_transport
 from conftest import unique_domain
 
-pytestmark = pytest.mark.usefixtures('timing_sensitive')  # conftest: not under cpu_hog
-
 SECONDS = 6.0
 
 
+@pytest.mark.alone   # conftest: a delivery bound, not a bound on the other worker's load
 @pytest.mark.parametrize('width, height, hz, reliability, profile, bar', [
     (640, 480, 15, 'best_effort', True, 0.95),
     (640, 480, 15, 'reliable', False, 0.95),
@@ -33,6 +32,7 @@ def test_large_frames_reach_the_belief(width, height, hz, reliability, profile, 
     assert 'receiving about' not in r['output'] and 'Traceback' not in r['output']
 
 
+@pytest.mark.alone   # a rate bound on the planner
 def test_fast_camera_is_filtered_once_per_model_step_and_the_planner_keeps_its_rate():
     """30 Hz 640x480 camera, 10 Hz model (the shipped checkpoint's frame interval): about one
     frame in three is filtered (the nearest to each 0.1 s of stamps), the rest counted as

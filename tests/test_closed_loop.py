@@ -43,8 +43,8 @@ def test_shipped_checkpoint_is_present():
         default_checkpoint('nope.pt')
 
 
-def test_lockstep_eval_is_reproducible_under_load_and_matches_the_ros_free_loop(ros_domain,
-                                                                              cpu_hog):
+@pytest.mark.alone   # conftest: loads every core on purpose
+def test_lockstep_eval_is_reproducible_under_load_and_matches_the_ros_free_loop(ros_domain):
     """The same seed gives the same episodes over ROS, on an idle machine and with every core
     busy, and the same as `wmc eval --no-ros` (the same pieces without the transport)."""
     import multiprocessing as mp

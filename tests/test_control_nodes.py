@@ -35,6 +35,15 @@ def _belief_node_up(ros_node, group, params, beliefs, pub):
     group.start(NodeSpec('world_model_ctrl.belief', params))
     spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 30, 'belief node')
     spin_until(ros_node, lambda: ros_node.count_publishers('/belief') > 0, 30, 'belief pub')
+    if params.get('image_reliability', 'auto') == 'auto':
+        # a node that discovered this publisher late subscribed best effort first and then
+        # switches (both subscriptions deliver for camera.OVERLAP_S: a frame twice is a
+        # re-sent one in cmd_sync mode): wait until only a matching one is left
+        want = pub.qos_profile.reliability
+        spin_until(ros_node, lambda: {i.qos_profile.reliability for i in
+                                      ros_node.get_subscriptions_info_by_topic(pub.topic_name)
+                                      if i.node_name == 'belief'} == {want}, 30,
+                   "the belief's camera subscription to follow this publisher's QoS")
     # Discovery is not symmetric: re-send a warm-up frame until the node has matched us.
     for _ in range(100):
         if beliefs:
@@ -42,6 +51,9 @@ def _belief_node_up(ros_node, group, params, beliefs, pub):
         pub.publish(frame(99))
         _spin_for(ros_node, 0.3)
     assert beliefs, 'the belief node never answered a frame'
+    # A warm-up frame sent again before the first answer came is answered too (a re-sent
+    # frame gets its belief again): let those arrive before the test counts beliefs.
+    _spin_for(ros_node, 0.5)
     beliefs.clear()
 
 

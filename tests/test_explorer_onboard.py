@@ -40,8 +40,16 @@ def graph(ros_node):
         group.start(NodeSpec('room_sim.node', {'mode': 'lockstep', 'seed': 3, **sim}))
         spin_until(ros_node, lambda: ros_node.count_publishers('/camera/image_raw') > 0,
                    what='the sim')
+        # The explorer starts once its cmd_vel writer has matched 3 readers (the sim, the
+        # probe's and a second one made here), and the second is made only once this node has
+        # discovered the explorer's cmd_vel, so the probe's reader has matched the writer too:
+        # a writer matched to a reader does not mean that reader matched the writer (a lost
+        # discovery announcement takes seconds to repeat; the probe once missed every command).
         proc = group.start(NodeSpec('world_model_ctrl.explorer', {
-            'progress': False, 'seed': 4, 'min_cmd_subscribers': 2, **explorer}))
+            'progress': False, 'seed': 4, 'min_cmd_subscribers': 3, **explorer}))
+        spin_until(ros_node, lambda: ros_node.count_publishers('/cmd_vel') > 0,
+                   what="the explorer's cmd_vel")
+        ros_node.create_subscription(Twist, 'cmd_vel', lambda m: None, 10)
         spin_until(ros_node, lambda: proc.poll() is not None, timeout, 'the explorer to finish')
         spin_until(ros_node, lambda: len(probe.poses) > 0, what='poses')
         end = ros_node.get_clock().now().nanoseconds + 300_000_000     # the last messages

@@ -18,7 +18,6 @@ from faultkit import Probe, assert_clean_output, stop_process
 from world_model_ctrl.paths import config_file
 from world_model_ctrl.procs import ros_env
 
-pytestmark = pytest.mark.usefixtures('timing_sensitive')  # conftest: not under cpu_hog
 
 
 def _params_without_watchdog(tmp_path):

@@ -29,7 +29,6 @@ from room_sim.world import RoomWorld
 from world_model_ctrl.paths import config_file
 from world_model_ctrl.procs import ros_env
 
-pytestmark = pytest.mark.usefixtures('timing_sensitive')  # conftest: not under cpu_hog
 
 SPEED = {'robot1': 0.1, 'robot2': 0.3}
 TIMEOUT = 1.0       # belief_timeout of both planners
