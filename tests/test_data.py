@@ -340,3 +340,19 @@ def test_reward_match_before_and_nearest(tmp_path):
         bag_to_episodes(tmp_path / 'late_rewards', DataConfig(image_size=8))
     with pytest.raises(ValueError, match='reward_match'):
         DataConfig(reward_match='after')
+
+
+def test_episodes_too_short_for_a_window_are_never_validation(tmp_path):
+    """A lead-in of 2 frames (a recording's warm-up) and four of 10: with windows of 8 the
+    validation episodes come from the long ones whatever the seed (a 2-frame validation set
+    has no window and stopped training); the short one stays in training."""
+    from world_model_ctrl.training import episode_split
+    bag = episode_bag(tmp_path / 'bag', n=42, markers=[2, 12, 22, 32], size=16)
+    for seed in range(20):
+        cfg = DataConfig(image_size=16, val_fraction=0.2, seed=seed)
+        cache, train, val = episode_split([bag], tmp_path / 'run', tmp_path / 'cache', cfg,
+                                          0, False, min_len=8)
+        assert sorted(cache.lengths.tolist()) == [2, 10, 10, 10, 10]
+        short = int(np.argmin(cache.lengths))
+        assert len(val) == 1 and short not in val and short in train
+        assert sorted(train + val) == list(range(5))

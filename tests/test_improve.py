@@ -42,7 +42,7 @@ def test_rounds_collect_fine_tune_evaluate_and_resume(start, tmp_path):
     assert rows[0]['step'] == 0 and rows[1]['step'] == 3 and rows[1]['train_to'] == 3
     # round 1's bag: the current planner's episodes, readable like any recording
     assert len(load_episodes(out / 'round_1', DataConfig(image_size=64))) == 2
-    assert rows[1]['collect'] == {'episodes': 2, 'steps': 20,
+    assert rows[1]['collect'] == {'episodes': 2, 'steps': 20, 'transport': 'none',
                                   'reached': rows[1]['collect']['reached']}
     assert load_checkpoint(out / 'model.pt', 'ssm')['extra']['step'] == 3
     assert json.loads((out / 'improve.json').read_text())['rounds'] == rows
@@ -64,3 +64,37 @@ def test_rounds_collect_fine_tune_evaluate_and_resume(start, tmp_path):
     # other settings are refused, not mixed into the same table
     with pytest.raises(ValueError, match='other settings'):
         improve(out, [base], 3, **{**kw, 'noise': 0.5})
+
+
+def test_ros_collection_records_the_planners_commands_with_noise(start, tmp_path, ros_domain):
+    """`collect-planner --ros` (and `improve --ros`): the nodes (sim, belief, planner with
+    exploration_noise, recorder) record a bag whose episodes hold the very commands the
+    ROS-free loop writes for the same arguments, noise included."""
+    import numpy as np
+
+    from world_model_ctrl.planner_data import collect_planner_ros
+    ckpt, _ = start
+    cfg = DataConfig(image_size=64)
+    kw = dict(episodes=2, steps=8, seed=5, noise=0.4, progress=False)
+    r = collect_planner_ros(tmp_path / 'ros', str(ckpt), domain_id=ros_domain, **kw)
+    assert r['transport'] == 'ros' and r['episodes'] == 2 and r['steps'] >= 16, r
+    free = collect_planner(tmp_path / 'free', str(ckpt), **kw)
+    calm = collect_planner(tmp_path / 'calm', str(ckpt), **{**kw, 'noise': 0.0})
+    over_ros, over_free, no_noise = (load_episodes(b, cfg) for b in (
+        r['bag'], free['bag'], calm['bag']))
+    # over ROS the start-up frame is answered before the first reset: a short lead-in episode
+    assert len(over_ros) in (2, 3) and len(over_free) == 2
+    assert len(over_ros) == 2 or len(over_ros[0]) < 9
+    for e_ros, e_free, e_calm in zip(over_ros[-2:], over_free, no_noise):
+        assert len(e_ros) >= 9
+        np.testing.assert_allclose(e_ros.actions[1:9], e_free.actions[1:9], atol=1e-5)
+        np.testing.assert_array_equal(e_ros.images[:9], e_free.images[:9])
+        assert np.abs(e_free.actions[1:9] - e_calm.actions[1:9]).max() > 0.05  # noise added
+        assert np.all(np.abs(e_ros.actions) <= 0.5 + 1e-6)                    # within limits
+    # improve --ros: round 1 is collected through the nodes
+    out = tmp_path / 'run'
+    state = improve(out, [free['bag']], 1, world='overhead', ckpt=str(ckpt), episodes=1,
+                    steps=6, train_steps=1, eval_episodes=1, eval_seed=4, seed=9,
+                    progress=False, log=lambda m: None, ros=True, domain_id=ros_domain)
+    assert state['rounds'][1]['collect']['transport'] == 'ros'
+    assert len(load_episodes(out / 'round_1', cfg)) == 1

@@ -31,6 +31,7 @@ def test_bag_replays_exactly_in_the_world(bag):
     cfg = world_config('onboard')
     sim = make_world('onboard', cfg.to_dict(), seed=5)
     lim = np.array(cfg.action_limits)
+    sim.reset()                         # the start-up reset, as the room_sim node makes
     for ep in eps:
         frame = sim.reset()
         np.testing.assert_array_equal(ep.images[0], frame)

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSProfile
 from rclpy.serialization import serialize_message
@@ -18,6 +19,32 @@ from rosutil import spin_until
 from world_model_ctrl.bag_writer import BagWriter
 from world_model_ctrl.data import bag_summary, bag_to_episodes
 from world_model_ctrl.procs import NodeGroup, NodeSpec, ros_env
+
+
+def recorder_status(node) -> list:
+    """The recorder's /diagnostics statuses, as they come."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    got = []
+    node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: got.extend(
+        st for st in m.status if st.name.endswith('/recorder')), 10)
+    return got
+
+
+def test_diagnostics_count_what_is_written_and_name_a_topic_never_advertised(ros_node,
+                                                                             tmp_path):
+    diag = recorder_status(ros_node)
+    with NodeGroup() as group:
+        group.start(NodeSpec('world_model_ctrl.recorder', {
+            'output': str(tmp_path / 'bag'), 'topics': ['/reward', '/never']}))
+        pub = ros_node.create_publisher(Float32, 'reward', QoSProfile(depth=10))
+        spin_until(ros_node, lambda: pub.get_subscription_count() > 0, timeout=20,
+                   what='recorder')
+        for i in range(5):
+            pub.publish(Float32(data=float(i)))
+        spin_until(ros_node, lambda: diag and {v.key: v.value for v in diag[-1].values}.get(
+            '/reward') == '5', timeout=10, what='a status counting 5 rewards')
+    assert diag[-1].level == DiagnosticStatus.WARN
+    assert diag[-1].message == 'waiting for /never'
 
 
 def read_bag(path):
@@ -233,6 +260,7 @@ def test_write_error_is_reported_and_the_recorder_keeps_running(ros_domain, ros_
 
     spec = NodeSpec('world_model_ctrl.recorder', {'output': str(bag),
                                                   'topics': ['/camera/image_raw']})
+    diag = recorder_status(ros_node)
     rec = subprocess.Popen(spec.argv(), env=ros_env(ros_domain), stderr=subprocess.PIPE,
                            text=True, preexec_fn=small_files)
     try:
@@ -247,6 +275,9 @@ def test_write_error_is_reported_and_the_recorder_keeps_running(ros_domain, ros_
                 time.sleep(0.7)                 # a flush after every 10
         time.sleep(0.2)
         assert rec.poll() is None, 'recorder died on a write error'
+        spin_until(ros_node, lambda: diag and diag[-1].level == DiagnosticStatus.ERROR,
+                   timeout=10, what='an ERROR status on /diagnostics')
+        assert diag[-1].message == 'cannot write the bag'
         rec.send_signal(signal.SIGTERM)
         _, err = rec.communicate(timeout=20)
     finally:

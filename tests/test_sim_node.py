@@ -173,3 +173,30 @@ def test_lockstep_steps_once_per_frame_on_the_answer_topic(ros_node, sim):
     t0 = frame.sec + frame.nanosec * 1e-9
     later = sorted({stamp(m) for m in probe.poses if stamp(m) > t0 + 1e-6})
     assert later == [pytest.approx(t0 + 0.1)], 'one step, one new frame'
+
+
+def test_wait_for_reset_holds_the_start_up_frame_until_the_first_reset(ros_node, sim):
+    """wait_for_reset (what `wmc eval` sets): a command before the first reset does not step
+    the world (the start-up frame is only re-sent); after the reset commands step it."""
+    sim(mode='lockstep', seed=2, wait_for_reset=True)
+    probe = Probe(ros_node)
+    reset = ros_node.create_client(Trigger, 'room_sim/reset')
+    pub = ros_node.create_publisher(Twist, 'cmd_vel', 10)
+    spin_until(ros_node, lambda: pub.get_subscription_count() > 0 and reset.service_is_ready(),
+               what='sim subscription')
+    spin_until(ros_node, lambda: probe.poses, what='a pose (re-sent in lockstep)')
+    _spin_for(ros_node, 0.5)
+    p0 = probe.pos()
+    for _ in range(3):
+        pub.publish(Twist(linear=Vector3(x=0.5)))
+        _spin_for(ros_node, 0.2)
+    _spin_for(ros_node, 0.6)
+    assert {stamp(m) for m in probe.poses} == {stamp(probe.poses[0])}, 'no step before reset'
+    np.testing.assert_allclose(probe.pos(), p0)
+    call(ros_node, reset, Trigger.Request())
+    spin_until(ros_node, lambda: len(probe.episodes) > 0 and stamp(probe.poses[-1])
+               > stamp(probe.poses[0]), what='the reset frame')
+    p1, n = probe.pos(), len({stamp(m) for m in probe.poses})
+    pub.publish(Twist(linear=Vector3(x=0.5)))
+    spin_until(ros_node, lambda: len({stamp(m) for m in probe.poses}) > n, what='a step')
+    np.testing.assert_allclose(probe.pos() - p1, [0.05, 0.0], atol=1e-9)

@@ -78,6 +78,9 @@ class RoomSimNode(Node):
         # lockstep: step on TwistStamped commands on this topic that answer the current frame
         # (header stamp = its stamp), not on cmd_vel; '' = step on cmd_vel
         self.declare_parameter('answer_topic', '')
+        # lockstep: no command steps the world before the first room_sim/reset (the start-up
+        # frame waits, re-sent): for drivers that begin every episode with a reset
+        self.declare_parameter('wait_for_reset', False)
         self.declare_parameter('frame_id', 'room')
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
@@ -137,6 +140,7 @@ class RoomSimNode(Node):
         self.sim_ns = 0           # lockstep sim time: steps * dt, monotonic across episodes
         self.last_stamp = None
         self.new_episode = True
+        self.holding = bool(p('wait_for_reset').value) and self.mode == 'lockstep'
         frame = self.world.reset(start=self.start)
         if self.mode == 'realtime':
             self.create_timer(1.0 / p('rate_hz').value, self.on_tick)
@@ -182,6 +186,8 @@ class RoomSimNode(Node):
         if not np.all(np.isfinite(cmd)):
             self.get_logger().warning(f'ignoring non-finite command {cmd}')
             return
+        if self.holding:                        # wait_for_reset: not before the first reset
+            return
         self.cmd, self.cmd_time = cmd, self.get_clock().now()
         if self.mode == 'lockstep':
             frame, _, _ = self.world.step(self.cmd)
@@ -191,7 +197,7 @@ class RoomSimNode(Node):
     def on_reset(self, request, response):
         frame = self.world.reset(start=self.start)
         self.cmd, self.cmd_time = np.zeros(2), None
-        self.new_episode = True
+        self.new_episode, self.holding = True, False
         if self.mode == 'lockstep':
             self.sim_ns += int(round(self.world.cfg.dt * 1e9))
         self.publish_frame(frame)

@@ -32,9 +32,10 @@ def cmd_collect(a) -> int:
 
 
 def cmd_collect_planner(a) -> int:
-    from world_model_ctrl.planner_data import collect_planner
-    r = collect_planner(a.out, a.ckpt, a.episodes, a.steps, a.seed, a.noise, a.world, a.params,
-                        a.storage, progress=not a.no_progress)
+    from world_model_ctrl.planner_data import collect_planner, collect_planner_ros
+    args = (a.out, a.ckpt, a.episodes, a.steps, a.seed, a.noise, a.world, a.params, a.storage)
+    r = (collect_planner_ros(*args, domain_id=a.domain_id, progress=not a.no_progress)
+         if a.ros else collect_planner(*args, progress=not a.no_progress))
     print(f"wrote {r['bag']}: {r['episodes']} planner episodes, {r['steps']} steps in "
           f"{r['wall_s']:.0f} s; the goal was reached in {r['reached_goal_fraction']:.0%}",
           file=sys.stderr)
@@ -49,10 +50,18 @@ def cmd_improve(a) -> int:
     improve(a.out, a.bags, a.rounds, a.world, a.ckpt, a.episodes, a.steps, a.noise,
             a.train_steps, a.eval_episodes, a.eval_seed, a.seed, a.params,
             {k: v for k, v in over.items() if v}, progress=not a.no_progress,
-            log=lambda m: print(m, file=sys.stderr))
+            log=lambda m: print(m, file=sys.stderr), ros=a.ros, domain_id=a.domain_id)
     print(f'table: {Path(a.out) / "improve.json"}, plot: {Path(a.out) / "improve.png"}, '
           f'model: {Path(a.out) / "model.pt"}', file=sys.stderr)
     return 0
+
+
+def _add_ros_collect_args(p) -> None:
+    p.add_argument('--ros', action='store_true',
+                   help='collect through the ROS nodes (room_sim, belief, planner with '
+                        'exploration_noise, recorder) in lockstep instead of without ROS')
+    p.add_argument('--domain-id', type=int, default=None,
+                   help='ROS_DOMAIN_ID for --ros (default: inherited)')
 
 
 def cmd_bag_info(a) -> int:
@@ -381,12 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--params', help="control params YAML (default: the world's)")
     p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE',
                    help='change the recorded recipe for the fine-tune, e.g. model.overshoot=10')
+    _add_ros_collect_args(p)
     p.add_argument('--no-progress', action='store_true')
     _add_world_arg(p)
     p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser('collect-planner', help="record the planner's own episodes (+ noise) "
-                       'into a bag, without ROS (data aggregation for fine-tuning)')
+                       'into a bag, without ROS or (--ros) through the nodes (data '
+                       'aggregation for fine-tuning)')
+    _add_ros_collect_args(p)
     p.add_argument('--out', required=True, help='new rosbag2 directory to write')
     p.add_argument('--ckpt', help="SSM checkpoint (default: the world's shipped model)")
     p.add_argument('--episodes', type=int, default=100)

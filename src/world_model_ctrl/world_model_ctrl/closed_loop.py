@@ -51,7 +51,7 @@ class _Watcher:
     """ROS side of the evaluation: resets episodes and records ground truth and diagnostics."""
 
     def __init__(self, node, record_frames: bool):
-        from geometry_msgs.msg import PoseStamped
+        from geometry_msgs.msg import PoseStamped, TwistStamped
         from rclpy.qos import QoSProfile
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float32, Header
@@ -71,6 +71,8 @@ class _Watcher:
                                  lambda m: self.markers.append(_stamp(m.stamp)), qos)
         node.create_subscription(Float32, 'planner/plan_ms',
                                  lambda m: self.plan_ms.append(m.data), qos)
+        self.answers = 0         # planner/answered (a re-sent frame is answered without a plan)
+        node.create_subscription(TwistStamped, 'planner/answered', self.on_answer, qos)
         if record_frames:
             node.create_subscription(Image, 'camera/image_raw', self.on_image, qos)
         self.reset_client = node.create_client(Trigger, 'room_sim/reset')
@@ -80,6 +82,9 @@ class _Watcher:
         if self.first is not None and s >= self.first and s not in self.poses:
             self.episode.append(s)                      # this episode's frames, in order
         self.poses[s] = np.array([m.pose.position.x, m.pose.position.y])
+
+    def on_answer(self, m):
+        self.answers += 1
 
     def on_goal(self, m):
         self.goal = np.array([m.pose.position.x, m.pose.position.y])
@@ -126,11 +131,13 @@ class _OracleDriver:
 
 def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, domain_id,
                   record_frames: bool, quiet: bool, progress: bool, driver=None,
-                  desc: str = 'eval') -> tuple[list, list]:
+                  desc: str = 'eval', until_goal: bool = True, ready=None) -> tuple[list, list]:
     """Start ``specs`` and run ``episodes`` episodes against them: (results, plan_ms).
 
     ``driver(node, watch)``, if given, sets up the controller inside this process (the
     realtime oracle); otherwise the graph's planner drives and the first plan is awaited.
+    ``until_goal=False``: every episode runs ``max_steps`` steps (recording), a success being
+    the goal reached at any of them. ``ready(node)``: one more condition before the first.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -164,10 +171,10 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                        and node.count_publishers('/room_sim/episode_start') > 0 and (
                            node.count_subscribers('/cmd_vel') > 0 if driver is not None else
                            (node.count_publishers('/planner/plan_ms') > 0
-                            and node.count_publishers('/belief') > 0)), 120,
-                       'the control graph')
-            spin_until(lambda: len(watch.plan_ms) > 0 or realtime or driver is not None, 60,
-                       'a first plan')
+                            and node.count_publishers('/belief') > 0))
+                       and (ready is None or ready(node)), 120, 'the control graph')
+            spin_until(lambda: len(watch.plan_ms) > 0 or watch.answers > 0 or realtime
+                       or driver is not None, 60, 'a first plan')
             watch.plan_ms.clear()          # timings from the episodes only, not warm-up
             bar = tqdm(range(episodes), desc=desc, unit='ep', disable=not progress)
             for ep in bar:
@@ -182,13 +189,16 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                 def done():
                     stamps = watch.episode
                     for i in range(outcome['checked'], len(stamps)):
-                        if np.linalg.norm(watch.poses[stamps[i]] - watch.goal) \
-                                <= cfg.success_radius:
+                        if 'steps' not in outcome and np.linalg.norm(
+                                watch.poses[stamps[i]] - watch.goal) <= cfg.success_radius:
                             outcome.update(success=True, steps=i, stamps=stamps[:i + 1])
-                            return True
+                            if until_goal:
+                                return True
                         if i >= max_steps:
-                            outcome.update(success=False, steps=max_steps,
-                                           stamps=stamps[:max_steps + 1])
+                            outcome.setdefault('success', False)
+                            outcome.setdefault('steps', max_steps)
+                            outcome['stamps'] = stamps[:(outcome['steps'] if until_goal
+                                                         else max_steps) + 1]
                             return True
                     outcome['checked'] = len(stamps)
                     return False
@@ -213,6 +223,41 @@ def _rates(results) -> tuple[float, float | None, list]:
             float(np.mean(ok)) if ok else None, [r['steps'] for r in results])
 
 
+def evaluation_graph(ckpt, device: str, world: str, params_file, seed: int, realtime: bool,
+                     start=None, planner: dict | None = None) -> tuple[list, object]:
+    """The control graph (sim, belief, planner, ...) as `wmc eval` runs it: (specs, sim spec).
+    ``planner``: more planner parameters (e.g. exploration_noise)."""
+    args = {'checkpoint': ckpt or 'shipped', 'device': device, 'world': world}
+    graph = control_graph(args, params_file=params_file)
+    sim_spec = None
+    for _, exe, spec in graph:
+        if exe == 'room_sim':
+            sim_spec = spec
+            spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
+            if not realtime:
+                # Step on the planner's planner/answered (the frame each command answers), not
+                # on cmd_vel: a command for an older frame (the previous episode's last) is
+                # ignored, so exactly one command advances the world per frame.
+                spec.params['answer_topic'] = 'planner/answered'
+                # and not before the first reset: the start-up frame is answered while the
+                # graph warms up, which would drive the robot (and a recorder would keep it)
+                spec.params['wait_for_reset'] = True
+            if start is not None:
+                spec.params['start'] = [float(v) for v in start]
+        if exe == 'planner':
+            spec.params['trigger'] = 'timer' if realtime else 'belief'
+            if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
+                spec.params['belief_timeout'] = 2.0
+            spec.params.update(planner or {})
+        if exe == 'belief' and not realtime:
+            # One command per frame in lockstep: wait for it even on a loaded machine (nothing
+            # else moves the world meanwhile; a late one is counted: commands_late).
+            # Paired by stamp with the answer to the frame before (what the sim steps on).
+            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 5.0,
+                                'answer_topic': 'planner/answered'})
+    return [spec for _, _, spec in graph], sim_spec
+
+
 def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                     max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
                     domain_id: int | None = None, record_frames: bool = False,
@@ -228,36 +273,12 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     ROS-free one.
     """
     cfg = world_config(world)
-    args = {'checkpoint': ckpt or 'shipped', 'device': device, 'world': world}
-    graph = control_graph(args, params_file=params_file)
-    sim_spec = None
-    for _, exe, spec in graph:
-        if exe == 'room_sim':
-            sim_spec = spec
-            spec.params.update({'mode': 'realtime' if realtime else 'lockstep', 'seed': seed})
-            if not realtime:
-                # Step on the planner's planner/answered (the frame each command answers), not
-                # on cmd_vel: a command for an older frame (the previous episode's last) is
-                # ignored, so exactly one command advances the world per frame.
-                spec.params['answer_topic'] = 'planner/answered'
-            if start is not None:
-                spec.params['start'] = [float(v) for v in start]
-        if exe == 'planner':
-            spec.params['trigger'] = 'timer' if realtime else 'belief'
-            if not realtime:      # the sim re-sends a lost frame after 0.5 s: let that win
-                spec.params['belief_timeout'] = 2.0
-        if exe == 'belief' and not realtime:
-            # One command per frame in lockstep: wait for it even on a loaded machine (nothing
-            # else moves the world meanwhile; a late one is counted: commands_late).
-            # Paired by stamp with the answer to the frame before (what the sim steps on).
-            spec.params.update({'cmd_sync': True, 'cmd_sync_timeout': 5.0,
-                                'answer_topic': 'planner/answered'})
+    graph, sim_spec = evaluation_graph(ckpt, device, world, params_file, seed, realtime, start)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     t_start = time.monotonic()
     common = dict(episodes=episodes, max_steps=max_steps, cfg=cfg, realtime=realtime,
                   domain_id=domain_id, quiet=quiet, progress=progress)
-    results, plan_ms = _run_episodes([spec for _, _, spec in graph],
-                                     record_frames=record_frames, **common)
+    results, plan_ms = _run_episodes(graph, record_frames=record_frames, **common)
     wall_s = round(time.monotonic() - t_start, 1)
     success_rate, mean_steps, _ = _rates(results)
     oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)

@@ -140,8 +140,8 @@ def count_recorded(bag: Path) -> dict:
     """What the closed bag holds: ``steps`` = /cmd_vel messages, ``episodes`` = episode
     markers followed by at least one command before the next marker (in log time).
 
-    The sim's start-up frame carries a marker of its own before the explorer's first reset; no
-    command answers it, so it is not an episode.
+    The sim's start-up frame carries a marker of its own (episode 0) before the first reset:
+    not an episode, even where commands answered it (the planner, while the graph warms up).
     """
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
@@ -149,8 +149,11 @@ def count_recorded(bag: Path) -> dict:
     with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
         conns = [c for c in reader.connections
                  if c.topic in ('/cmd_vel', '/room_sim/episode_start')]
-        for conn, t, _ in reader.messages(connections=conns):
-            (cmds if conn.topic == '/cmd_vel' else markers).append(t)
+        for conn, t, raw in reader.messages(connections=conns):
+            if conn.topic == '/cmd_vel':
+                cmds.append(t)
+            elif reader.deserialize(raw, conn.msgtype).frame_id != '0':
+                markers.append(t)
     cmds.sort()
     markers.sort()
     ends = markers[1:] + [float('inf')]

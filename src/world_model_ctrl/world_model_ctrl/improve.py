@@ -6,8 +6,10 @@ every bag -> evaluate, with a table and a plot per round; resumable.
 Round 0 evaluates the starting checkpoint. Round k >= 1:
 
 1. collects ``episodes`` episodes of the current planner with Gaussian exploration noise
-   (``noise`` x each command field's limit) from seeded starts into ``OUT/round_k`` (the same
-   ROS-free lockstep loop as `wmc collect-planner`: world, filter and CEM as the nodes run them);
+   (``noise`` x each command field's limit) from seeded starts into ``OUT/round_k``: by default
+   in the ROS-free lockstep loop of `wmc collect-planner` (world, filter and CEM as the nodes
+   run them), with ``--ros`` through the nodes themselves (room_sim, belief, planner with
+   ``exploration_noise``, recorder; `wmc collect-planner --ros`), the same commands;
 2. fine-tunes ``OUT/model.pt`` (`train-ssm --resume`) for ``train_steps`` more steps on the base
    bags and every round's bag, with the recipe the checkpoint records (model, data and train
    configs; ``overrides`` as `--set`, e.g. ``model.overshoot=10``);
@@ -82,11 +84,12 @@ def improve(out, bags, rounds: int, world: str = 'overhead', ckpt=None, episodes
             steps: int = 50, noise: float = 0.3, train_steps: int = 1000,
             eval_episodes: int = 20, eval_seed: int = 1000, seed: int = 0,
             params_file=None, overrides: dict | None = None, progress: bool = True,
-            log=print) -> dict:
-    """Run (or continue) rounds 0..``rounds``; returns the state written to improve.json."""
+            log=print, ros: bool = False, domain_id: int | None = None) -> dict:
+    """Run (or continue) rounds 0..``rounds``; returns the state written to improve.json.
+    ``ros``: collect through the ROS graph (`collect_planner_ros`) instead of without it."""
     from world_model_ctrl.offline_loop import run_offline
     from world_model_ctrl.paths import resolve_checkpoint
-    from world_model_ctrl.planner_data import collect_planner
+    from world_model_ctrl.planner_data import collect_planner, collect_planner_ros
     from world_model_ctrl.train_ssm import train
     from world_model_ctrl.worlds import get_world
     if rounds < 0:
@@ -135,12 +138,19 @@ def improve(out, bags, rounds: int, world: str = 'overhead', ckpt=None, episodes
             if not bag.exists():
                 partial = out / f'round_{k}.partial'
                 shutil.rmtree(partial, ignore_errors=True)
-                log(f'round {k}: collecting {episodes} planner episodes into {bag}')
-                c = collect_planner(partial, str(model), episodes, steps, seed + k, noise,
-                                    world, params_file, progress=progress)
+                log(f'round {k}: collecting {episodes} planner episodes into {bag}'
+                    + (' over ROS' if ros else ''))
+                if ros:
+                    c = collect_planner_ros(partial, str(model), episodes, steps, seed + k,
+                                            noise, world, params_file, domain_id=domain_id,
+                                            progress=progress)
+                else:
+                    c = collect_planner(partial, str(model), episodes, steps, seed + k, noise,
+                                        world, params_file, progress=progress)
                 partial.rename(bag)
                 row['collect'] = {'episodes': c['episodes'], 'steps': c['steps'],
-                                  'reached': c['reached_goal_fraction']}
+                                  'reached': c['reached_goal_fraction'],
+                                  'transport': c['transport']}
             row['bag'] = str(bag)
             if 'train_to' not in row:
                 row['train_to'] = int(load_checkpoint(model, 'ssm')['extra'].get('step', 0)) \

@@ -70,6 +70,19 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1)[0])
 
 
+def exploration_rng(episode_cem_seed: int) -> np.random.Generator:
+    """The exploration noise's generator for one episode, from that episode's CEM seed
+    (``episode_seed``): the planner node and `wmc collect-planner` draw the same noise."""
+    return np.random.default_rng([int(episode_cem_seed), 1])
+
+
+def add_exploration(action: np.ndarray, noise: float, high: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``action`` + Gaussian noise of ``noise`` x each field's limit, within the limits."""
+    a = np.asarray(action, np.float64)
+    return np.clip(a + noise * high * rng.standard_normal(a.shape), -high, high)
+
+
 def commands_in_flight(sent, frame_ns: int, now_ns: int, step_ns: int, max_steps: int,
                        action_dim: int) -> list:
     """The commands a robot applied after a frame was taken and before one published now acts.
@@ -127,6 +140,10 @@ class PlannerNode(Node):
         # belief_timeout, e.g. a camera clock that runs off)
         self.declare_parameter('compensate_latency', False)
         self.declare_parameter('publish_imagined', False)
+        # Data aggregation (`wmc improve --ros`, recording a round on a robot): Gaussian noise
+        # of this fraction of each field's limit on every planned command, drawn per episode
+        # from (seed, episode) as `wmc collect-planner` does; 0 = none (control)
+        self.declare_parameter('exploration_noise', 0.0)
         self.declare_parameter('imagined_rate_hz', 1.0)
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
@@ -157,6 +174,11 @@ class PlannerNode(Node):
         self.cem = cem_planner({k: p(k).value for k in (*CEM_PARAMS, 'relative_std', 'seed')},
                                self.high, str(self.device))
         self.timeout = p('belief_timeout').value
+        self.noise = float(p('exploration_noise').value)
+        if not self.noise >= 0:
+            raise ValueError(f'exploration_noise must be >= 0 (a fraction of each limit), '
+                             f'got {self.noise}')
+        self.noise_rng = exploration_rng(int(p('seed').value))
         self.compensate = bool(p('compensate_latency').value) and self.trigger == 'timer'
         self.step_ns = int(round(float(self.model.checkpoint_extra.get('frame_interval_s')
                                        or 0.0) * 1e9))
@@ -307,6 +329,8 @@ class PlannerNode(Node):
                 self.episode_start = None
             self.reset_plan = False
             self.cem.reset(seed)
+            if seed is not None:
+                self.noise_rng = exploration_rng(seed)
         t0 = time.perf_counter()
         z0 = torch.from_numpy(mean)
         if self.compensate:
@@ -317,6 +341,8 @@ class PlannerNode(Node):
         if not np.all(np.isfinite(action)):
             self.counts['nonfinite_plans'] += 1
             self.reset_plan = True          # never warm-start from a non-finite plan
+        elif self.noise > 0:
+            action = add_exploration(action, self.noise, self.high, self.noise_rng)
         self.publish(action, header)
         self.answered = (stamp, action)
         self.plan_ms = (time.perf_counter() - t0) * 1e3

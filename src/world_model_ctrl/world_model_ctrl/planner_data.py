@@ -18,6 +18,7 @@ import torch
 from room_sim.worlds import make_world, world_config
 from world_model_ctrl.bag_writer import BagWriter
 from world_model_ctrl.offline_loop import Agent
+from world_model_ctrl.planner import add_exploration, episode_seed, exploration_rng
 
 TOPICS = {
     '/camera/image_raw': 'sensor_msgs/msg/Image',
@@ -90,16 +91,17 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
     high = agent.high
     cfg = world_config(world)
     sim = make_world(world, cfg.to_dict(), seed=seed)
-    rng = np.random.default_rng(seed + 7)
     period = int(round(cfg.dt * 1e9))
     k, reached, t_start = 0, 0, time.monotonic()
     with BagWriter(out, storage) as writer:
         for topic, msgtype in TOPICS.items():
             writer.add_topic(topic, msgtype)
         msgs = _Msgs(writer)
+        sim.reset()                                     # the sim's start-up reset
         for e in tqdm(range(episodes), desc='collect-planner', unit='ep', disable=not progress):
             frame = sim.reset()
             agent.reset(sim.episode)
+            rng = exploration_rng(episode_seed(seed, sim.episode))
             hit = False
             for t in range(steps + 1):
                 log_ns, stamp = LOG_T0 + k * period, k * period
@@ -112,7 +114,7 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
                 if t == steps:
                     break
                 a = agent.act(frame)
-                a = np.clip(a + noise * high * rng.standard_normal(a.shape), -high, high)
+                a = add_exploration(a, noise, high, rng)
                 agent.applied(a)
                 msgs.cmd(log_ns + 30_000_000, agent.fields, a)
                 frame, _, ok = sim.step(a)
@@ -121,4 +123,70 @@ def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: 
             k += GAP_STEPS
     return {'bag': str(out), 'storage': storage, 'episodes': episodes, 'steps': episodes * steps,
             'reached_goal_fraction': reached / episodes, 'noise': noise, 'world': world,
-            'checkpoint': str(ckpt or 'shipped'), 'wall_s': round(time.monotonic() - t_start, 1)}
+            'checkpoint': str(ckpt or 'shipped'), 'transport': 'none',
+            'wall_s': round(time.monotonic() - t_start, 1)}
+
+
+def collect_planner_ros(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: int = 0,
+                        noise: float = 0.3, world: str = 'overhead', params_file=None,
+                        storage: str = 'mcap', domain_id: int | None = None,
+                        progress: bool = True) -> dict:
+    """`collect_planner` over ROS: the control graph as `wmc eval` runs it in lockstep (sim,
+    belief and planner nodes, the planner with ``exploration_noise``) and the recorder node,
+    each episode ``steps`` steps from the sim's seeded starts. The first ``steps`` commands of
+    each episode are those `collect_planner` writes for the same arguments; the sim may take a
+    step or two more before the next reset reaches it, and the sim's start-up frame, answered
+    while the graph warms up, starts a short lead-in episode (recorded as they happened).
+
+    A failure removes the incomplete bag; Ctrl-C keeps what the recorder closed."""
+    import os
+    import shutil
+
+    from world_model_ctrl.closed_loop import _run_episodes, evaluation_graph
+    from world_model_ctrl.collect import COLLECT_TOPICS, check_new_bag, count_recorded
+    from world_model_ctrl.procs import NodeSpec
+    out = check_new_bag(out, episodes, steps)
+    if not noise >= 0:
+        raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
+    cfg = world_config(world)
+    graph, sim = evaluation_graph(ckpt, 'cpu', world, params_file, seed, False,
+                                planner={'exploration_noise': float(noise), 'seed': seed})
+    rec = NodeSpec('world_model_ctrl.recorder', {
+        'output': str(out), 'storage': storage, 'topics': list(COLLECT_TOPICS),
+        'types': [f'{t}:{m}' for t, m in COLLECT_TOPICS.items()]})
+
+    seen = {}
+
+    def recording(node) -> bool:
+        """The recorder has written camera frames and commands (the start-up frame, re-sent
+        until the first reset, and the planner's answers to it): its subscriptions matched
+        the publishers, which a subscription merely existing does not show."""
+        if not seen:
+            from diagnostic_msgs.msg import DiagnosticArray
+            seen['sub'] = node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: [
+                seen.update({v.key: v.value for v in st.values})
+                for st in m.status if st.name.endswith('/recorder')], 10)
+        return all(int(seen.get(t, 0)) > 0 for t in ('/camera/image_raw', '/cmd_vel'))
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    try:
+        # Stopped in reverse: the sim first (no more steps), then the recorder, so the bag
+        # ends before the planner's shutdown zeros, which no step follows (recorded before
+        # the last frame, they would be paired with it).
+        specs = [*(s for s in graph if s is not sim), rec, sim]
+        results, _ = _run_episodes(specs, episodes, steps, cfg, False, domain_id,
+                                   record_frames=False, quiet=True, progress=progress,
+                                   desc='collect-planner (ROS)', until_goal=False,
+                                   ready=recording)
+    except Exception:
+        shutil.rmtree(out, ignore_errors=True)       # new and incomplete: do not block a rerun
+        raise
+    if not (out / 'metadata.yaml').exists():
+        shutil.rmtree(out, ignore_errors=True)
+        raise RuntimeError(f'the recorder did not close {out} (no metadata.yaml)')
+    counted = count_recorded(out)
+    return {'bag': str(out), 'storage': storage, **counted,
+            'reached_goal_fraction': float(np.mean([r['success'] for r in results])),
+            'noise': noise, 'world': world, 'checkpoint': str(ckpt or 'shipped'),
+            'transport': 'ros', 'wall_s': round(time.monotonic() - t_start, 1)}

@@ -20,6 +20,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from world_model_ctrl.bag_writer import BagWriteError, BagWriter
+from world_model_ctrl.diagnostics import ERROR, OK, WARN, Diagnostics
 from world_model_ctrl.spin import EXIT_BAD_CONFIG, init_owning_signals, shutdown_keeping_signals
 
 
@@ -57,7 +58,19 @@ class RecorderNode(Node):
         self.pending = [self.resolve_topic_name(t) for t in p('topics').value]
         self.create_timer(0.05, self.subscribe_pending)
         self.create_timer(0.1, self._flush)      # also when messages stop coming
+        self.diag = Diagnostics(self, hardware_id=str(p('output').value))
+        self.create_timer(1.0, self.report)
         self.subscribe_pending()
+
+    def report(self):
+        """/diagnostics once a second: the messages written per topic (what a person or
+        `wmc collect-planner --ros` checks before driving: every topic arrives)."""
+        failed = self.writer.failed is not None
+        waiting = list(self.pending)
+        self.diag.publish(ERROR if failed else WARN if waiting else OK,
+                          'cannot write the bag' if failed else
+                          f'waiting for {", ".join(waiting)}' if waiting else 'recording',
+                          {**self.writer.counts, 'dropped': self.dropped})
 
     def subscribe_pending(self):
         graph = dict(self.get_topic_names_and_types())

@@ -116,7 +116,8 @@ def train(bags, out, cfg: dict, resume: bool = False, log_dir: Optional[str] = N
     rank, world, device = setup_run(cfg)
     out = Path(out)
 
-    cache, train_idx, val_idx = episode_split(bags, out, cache_dir, dcfg, rank, progress)
+    cache, train_idx, val_idx = episode_split(bags, out, cache_dir, dcfg, rank, progress,
+                                              min_len=tcfg.seq_len)
     train_set = SequenceDataset(cache, tcfg.seq_len, train_idx)
     val_set = SequenceDataset(cache, tcfg.seq_len, val_idx) if val_idx else None
     sampler_gen = torch.Generator().manual_seed(tcfg.seed * 1000 + rank)

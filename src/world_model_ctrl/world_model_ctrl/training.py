@@ -86,13 +86,17 @@ def setup_run(cfg: dict) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def episode_split(bags, out: Path, cache_dir, dcfg: DataConfig, rank: int, progress: bool):
+def episode_split(bags, out: Path, cache_dir, dcfg: DataConfig, rank: int, progress: bool,
+                  min_len: int = 1):
     """One on-disk cache of the bags shared by all ranks, split by episode: (cache, train
-    episode indices, validation episode indices)."""
+    episode indices, validation episode indices). Episodes shorter than ``min_len`` frames
+    (no training window; e.g. a recording's lead-in) go to training only, where they are
+    skipped: the validation episodes are drawn from the others."""
     cache_dir = Path(cache_dir or out.parent / '.wmc_cache')
     cache = build_cache(list(bags), cache_dir, dcfg, progress=progress and rank == 0)
-    train_eps, val_eps = split_episodes(range(len(cache)), dcfg.val_fraction, dcfg.seed)
-    return cache, train_eps, val_eps
+    usable = [i for i, n in enumerate(cache.lengths) if n >= min_len]
+    _, val_eps = split_episodes(usable, dcfg.val_fraction, dcfg.seed)
+    return cache, [i for i in range(len(cache)) if i not in val_eps], val_eps
 
 
 def load_for_resume(out: Path, kind: str, model_config: dict,
