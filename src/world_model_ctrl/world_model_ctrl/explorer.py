@@ -3,6 +3,9 @@
 Against a lockstep room_sim it is the clock: every command advances the sim one step. It resets
 the sim (``room_sim/reset``) at the start of every episode and exits after ``episodes`` episodes.
 Stopped by SIGINT or SIGTERM (any number) it publishes a zero command last and exits 0.
+A frame the sim re-sends (lockstep: nothing stepped it for ``republish_period``) means a message
+was lost on the way: the explorer sends its command for that frame again, or, still waiting for
+the episode_start of a reset after ``RESET_RETRY_S``, resets again, so the loop never stalls.
 
 Action space (``world``): ``overhead`` commands (linear.x, linear.y) within ``max_speed`` per
 axis; ``onboard`` commands a differential drive (linear.x, angular.z) within ``action_limits``
@@ -15,6 +18,7 @@ on ``episode_topic`` (std_msgs/Header, as room_sim/episode_start).
 import math
 import struct
 import sys
+import time
 
 import numpy as np
 import rclpy
@@ -34,6 +38,8 @@ from world_model_ctrl.messages import stamp_ns
 from world_model_ctrl.policies import (DEFAULT_TURN_RATE, DRIVE_POLICIES, POLICIES, WORLDS,
                                        make_policy)
 from world_model_ctrl.spin import EXIT_BAD_CONFIG, init_owning_signals, shutdown_keeping_signals
+
+RESET_RETRY_S = 2.0      # waiting this long for an episode_start after a reset: reset again
 
 
 def yaw_of(q) -> float:
@@ -115,6 +121,8 @@ class ExplorerNode(Node):
         self.done_episodes = 0
         self.t = 0
         self.waiting_reset = False
+        self.reset_asked = 0.0
+        self.last_cmd = None          # the last command sent, for a frame the sim re-sent
         self.done = False
         self.bar = tqdm(total=self.episodes * self.steps, unit='step', desc='collect',
                         disable=not p('progress').value, file=sys.stderr)
@@ -152,6 +160,7 @@ class ExplorerNode(Node):
 
     def request_reset(self):
         self.waiting_reset = True
+        self.reset_asked = time.monotonic()
         self.reset_client.call_async(Trigger.Request())
 
     def on_pose(self, msg):
@@ -173,11 +182,28 @@ class ExplorerNode(Node):
     def on_image(self, cdr: bytes):
         # CDR: 4-byte encapsulation header, then header.stamp = (int32 sec, uint32 nanosec).
         sec, nanosec = struct.unpack_from('<iI' if cdr[1] == 1 else '>iI', cdr, 4)
-        self.frame_stamp = max(self.frame_stamp, sec * 1_000_000_000 + nanosec)
-        self.act()
+        stamp = sec * 1_000_000_000 + nanosec
+        resent = stamp <= self.frame_stamp
+        self.frame_stamp = max(self.frame_stamp, stamp)
+        self.act(resent)
 
-    def act(self):
+    def act(self, resent: bool = False):
         stamp = self.frame_stamp
+        if self.use_reset and resent and not self.done:
+            # The lockstep sim re-sends its frame when nothing stepped it for a while: what
+            # this node sent, or the sim's answer to it, was lost (a subscription that had
+            # not matched yet). Without this the loop waits forever.
+            if self.waiting_reset and time.monotonic() - self.reset_asked > RESET_RETRY_S:
+                self.get_logger().warning('no episode_start after room_sim/reset: resetting '
+                                          'again')
+                self.request_reset()
+            elif not self.waiting_reset and self.last_cmd is not None \
+                    and stamp == self.last_stamp:
+                self.get_logger().warning('the sim re-sent the frame this node answered: '
+                                          'sending the command again',
+                                          throttle_duration_sec=5.0)
+                self.pub_cmd.publish(self.last_cmd)
+            return
         if self.done or self.waiting_reset or self.episode_stamp is None \
                 or stamp <= self.last_stamp or stamp < self.episode_stamp:
             return                   # repeated frame, or one from before the reset
@@ -208,6 +234,7 @@ class ExplorerNode(Node):
             a = self.policy.act(self.pos, self.goal)
             cmd.linear.x, cmd.linear.y = float(a[0]), float(a[1])
         self.pub_cmd.publish(cmd)
+        self.last_cmd = cmd
         self.t += 1
         self.bar.update(1)
 
