@@ -56,6 +56,19 @@ def cmd_improve(a) -> int:
     return 0
 
 
+def cmd_view(a) -> int:
+    import cv2
+
+    from room_sim.worlds import view_at
+    frame = view_at(a.world, a.at, {'image_size': a.size}, goal=a.goal)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
+        raise SystemExit(f'wmc view: cannot write {out} (a .png or .jpg name?)')
+    print(f'wrote {out}: {a.world} camera, robot at {a.at}', file=sys.stderr)
+    return 0
+
+
 def _add_ros_collect_args(p) -> None:
     p.add_argument('--ros', action='store_true',
                    help='collect through the ROS nodes (room_sim, belief, planner with '
@@ -413,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-progress', action='store_true')
     _add_world_arg(p)
     p.set_defaults(func=cmd_collect_planner)
+
+    p = sub.add_parser('view', help='the camera frame with the robot standing at a pose (a '
+                       'goal image for the goal at that pose), written as an image file')
+    p.add_argument('--at', type=float, nargs='+', required=True, metavar='V',
+                   help='x y (m; onboard: x y heading, rad)')
+    p.add_argument('--goal', type=float, nargs=2, metavar=('X', 'Y'),
+                   help="where the red goal marker stands (default: the world's)")
+    p.add_argument('--size', type=int, default=64, help='image size in pixels (square)')
+    p.add_argument('--out', default='view.png', help='image file (.png, .jpg)')
+    _add_world_arg(p)
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser('bag-info', help='summarise any rosbag2')
     p.add_argument('bag')
