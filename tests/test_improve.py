@@ -61,6 +61,10 @@ def test_rounds_collect_fine_tune_evaluate_and_resume(start, tmp_path):
     state = improve(out, [base], 2, **kw)
     assert state['rounds'][2]['step'] == 6 and 'success_rate' in state['rounds'][2]
     assert (out / 'round_2' / 'metadata.yaml').stat().st_mtime_ns == bag2
+    # episodes too short for the recorded training windows (8 frames): refused before anything
+    with pytest.raises(ValueError, match='shorter than the fine-tune'):
+        improve(tmp_path / 'short', [base], 1, **{**kw, 'steps': 6})
+    assert not (tmp_path / 'short' / 'round_1').exists()
     # other settings are refused, not mixed into the same table
     with pytest.raises(ValueError, match='other settings'):
         improve(out, [base], 3, **{**kw, 'noise': 0.5})
@@ -94,7 +98,7 @@ def test_ros_collection_records_the_planners_commands_with_noise(start, tmp_path
     # improve --ros: round 1 is collected through the nodes
     out = tmp_path / 'run'
     state = improve(out, [free['bag']], 1, world='overhead', ckpt=str(ckpt), episodes=1,
-                    steps=6, train_steps=1, eval_episodes=1, eval_seed=4, seed=9,
+                    steps=8, train_steps=1, eval_episodes=1, eval_seed=4, seed=9,
                     progress=False, log=lambda m: None, ros=True, domain_id=ros_domain)
     assert state['rounds'][1]['collect']['transport'] == 'ros'
     assert len(load_episodes(out / 'round_1', cfg)) == 1
