@@ -170,7 +170,7 @@ class BeliefNode(Node):
             self.pending = (msg, time.monotonic())
             return
         # cameras that leave the stamp at zero are paced by arrival time
-        ns = stamp[0] * 1_000_000_000 + stamp[1] or self.get_clock().now().nanoseconds
+        ns = stamp_ns(msg.header.stamp) or self.get_clock().now().nanoseconds
         if not self.pacer.wants(ns):
             self.counts['frames_skipped'] += 1
             return

@@ -25,6 +25,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CompressedImage, Image
 
 from world_model_ctrl.data import IMAGE_TYPES
+from world_model_ctrl.messages import stamp_ns
 NO_FRAMES_AFTER = 5.0       # s without a frame before the first warning
 WARN_EVERY = 30.0           # s between warnings while it lasts
 RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
@@ -141,7 +142,7 @@ class CameraSubscription:
 
     def on_msg(self, msg) -> None:
         self.last_size = len(msg.data)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg.header.stamp)
         if stamp:
             self.stamps.append(stamp)
             now = time.monotonic()

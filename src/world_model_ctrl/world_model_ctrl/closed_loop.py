@@ -17,11 +17,8 @@ import numpy as np
 from room_sim.world import WorldConfig
 from room_sim.worlds import make_world, world_config
 from world_model_ctrl.graph import control_graph
+from world_model_ctrl.messages import stamp_ns
 from world_model_ctrl.procs import NodeGroup, ros_env, wait_for
-
-
-def _stamp(s) -> int:
-    return s.sec * 1_000_000_000 + s.nanosec
 
 
 def baseline(policy: str, episodes: int, seed: int, max_steps: int,
@@ -68,7 +65,7 @@ class _Watcher:
         node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, qos)
         node.create_subscription(PoseStamped, 'room_sim/goal', self.on_goal, qos)
         node.create_subscription(Header, 'room_sim/episode_start',
-                                 lambda m: self.markers.append(_stamp(m.stamp)), qos)
+                                 lambda m: self.markers.append(stamp_ns(m.stamp)), qos)
         node.create_subscription(Float32, 'planner/plan_ms',
                                  lambda m: self.plan_ms.append(m.data), qos)
         self.answers = 0         # planner/answered (a re-sent frame is answered without a plan)
@@ -78,7 +75,7 @@ class _Watcher:
         self.reset_client = node.create_client(Trigger, 'room_sim/reset')
 
     def on_pose(self, m):
-        s = _stamp(m.header.stamp)
+        s = stamp_ns(m.header.stamp)
         if self.first is not None and s >= self.first and s not in self.poses:
             self.episode.append(s)                      # this episode's frames, in order
         self.poses[s] = np.array([m.pose.position.x, m.pose.position.y])
@@ -90,7 +87,7 @@ class _Watcher:
         self.goal = np.array([m.pose.position.x, m.pose.position.y])
 
     def on_image(self, m):
-        self.frames[_stamp(m.header.stamp)] = np.frombuffer(bytes(m.data), np.uint8).reshape(
+        self.frames[stamp_ns(m.header.stamp)] = np.frombuffer(bytes(m.data), np.uint8).reshape(
             m.height, m.width, 3)
 
 

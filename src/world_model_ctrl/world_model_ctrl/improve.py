@@ -112,8 +112,9 @@ def improve(out, bags, rounds: int, world: str = 'overhead', ckpt=None, episodes
             raise ValueError(f'{out} holds rounds made with other settings (then vs now): '
                              f'{changed}; continue with the same ones or use a new --out')
     else:
-        seq_len = _fine_tune_config(Path(start), 1, overrides or {})['train'].seq_len
-        if rounds > 0 and steps + 1 < seq_len:
+        seq_len = _fine_tune_config(Path(start), 1, overrides or {})['train'].seq_len \
+            if rounds > 0 else 0
+        if steps + 1 < seq_len:
             raise ValueError(f'--steps {steps} gives episodes of {steps + 1} frames, shorter than '
                              f"the fine-tune's training windows ({seq_len} frames, recorded in "
                              f'{start}): use --steps {seq_len - 1} or more')

@@ -76,16 +76,22 @@ class _Msgs:
             pose=t['geometry_msgs/msg/Pose'](position=p, orientation=q)))
 
 
+def _check_args(out, episodes: int, steps: int, noise: float):
+    """``out`` as a new bag Path, the counts and the noise checked before anything starts."""
+    from world_model_ctrl.collect import check_new_bag
+    out = check_new_bag(out, episodes, steps)
+    if not noise >= 0:
+        raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
+    return out
+
+
 @torch.no_grad()
 def collect_planner(out, ckpt=None, episodes: int = 100, steps: int = 50, seed: int = 0,
                     noise: float = 0.3, world: str = 'overhead', params_file=None,
                     storage: str = 'mcap', progress: bool = True) -> dict:
     """Write ``episodes`` x ``steps`` planner commands (+ noise) from seeded starts to ``out``."""
     from tqdm import tqdm
-    from world_model_ctrl.collect import check_new_bag
-    out = check_new_bag(out, episodes, steps)
-    if not noise >= 0:
-        raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
+    out = _check_args(out, episodes, steps, noise)
     torch.set_num_threads(1)
     agent = Agent(ckpt, world, params_file, {'seed': seed})
     high = agent.high
@@ -143,11 +149,9 @@ def collect_planner_ros(out, ckpt=None, episodes: int = 100, steps: int = 50, se
     import shutil
 
     from world_model_ctrl.closed_loop import _run_episodes, evaluation_graph
-    from world_model_ctrl.collect import COLLECT_TOPICS, check_new_bag, count_recorded
+    from world_model_ctrl.collect import COLLECT_TOPICS, count_recorded
     from world_model_ctrl.procs import NodeSpec
-    out = check_new_bag(out, episodes, steps)
-    if not noise >= 0:
-        raise ValueError(f'--noise must be >= 0 (a fraction of each limit), got {noise}')
+    out = _check_args(out, episodes, steps, noise)
     cfg = world_config(world)
     graph, sim = evaluation_graph(ckpt, 'cpu', world, params_file, seed, False,
                                 planner={'exploration_noise': float(noise), 'seed': seed})
@@ -155,18 +159,22 @@ def collect_planner_ros(out, ckpt=None, episodes: int = 100, steps: int = 50, se
         'output': str(out), 'storage': storage, 'topics': list(COLLECT_TOPICS),
         'types': [f'{t}:{m}' for t, m in COLLECT_TOPICS.items()]})
 
-    seen = {}
+    written, subs = {}, []          # the recorder's last /diagnostics counts; its subscription
+
+    def on_diagnostics(msg):
+        for st in msg.status:
+            if st.name.endswith('/recorder'):
+                written.update((v.key, v.value) for v in st.values)
 
     def recording(node) -> bool:
         """The recorder has written camera frames and commands (the start-up frame, re-sent
         until the first reset, and the planner's answers to it): its subscriptions matched
         the publishers, which a subscription merely existing does not show."""
-        if not seen:
+        if not subs:
             from diagnostic_msgs.msg import DiagnosticArray
-            seen['sub'] = node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: [
-                seen.update({v.key: v.value for v in st.values})
-                for st in m.status if st.name.endswith('/recorder')], 10)
-        return all(int(seen.get(t, 0)) > 0 for t in ('/camera/image_raw', '/cmd_vel'))
+            subs.append(node.create_subscription(DiagnosticArray, '/diagnostics',
+                                                 on_diagnostics, 10))
+        return all(int(written.get(t, 0)) > 0 for t in ('/camera/image_raw', '/cmd_vel'))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
