@@ -36,6 +36,10 @@ ARGS = {
     'prior_checkpoint': ('shipped', "image prior checkpoint ('shipped' = this package's)"),
     'world': ('overhead', 'overhead (camera above, linear.x/linear.y) | onboard (forward camera, '
                           'diff drive): picks the sim and control params and the shipped model'),
+    'objective': ('reward', 'what the planner maximises: reward (the reward topic\'s model) | '
+                            'goal_image (closeness to a goal picture: goal_image topic, '
+                            'planner/set_goal_from_current_view, goal_image_file)'),
+    'goal_image_file': ("''", 'objective goal_image: an image file to plan toward from the start'),
 }
 
 
@@ -69,7 +73,9 @@ def generate_launch_description():
         # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
         Node(package='world_model_ctrl', executable='planner', name='planner',
              namespace=arg('namespace'),
-             parameters=[control, {**model, 'require_monitor': arg('monitor')}],
+             parameters=[control, {**model, 'require_monitor': arg('monitor'),
+                                   'objective': arg('objective'),
+                                   'goal_image_file': arg('goal_image_file')}],
              remappings=remaps, output='screen'),
         Node(package='world_model_ctrl', executable='image_monitor', name='image_monitor',
              namespace=arg('namespace'),

@@ -98,6 +98,7 @@ def up_graph(args: dict) -> list[tuple]:
      'prior_checkpoint': '/models/prior.pt'},
     {'namespace': '/robot2'},
     {'namespace': 'robot1', 'use_sim': 'false', 'monitor': 'true', 'compressed': 'true'},
+    {'objective': 'goal_image', 'goal_image_file': '/goals/kitchen.png'},
 ])
 def test_launch_file_and_wmc_up_describe_the_same_graph(args, monkeypatch):
     declared, launched, _ = launched_graph(args, monkeypatch)

@@ -249,21 +249,51 @@ def cmd_fastdds_profile(a) -> int:
     return 0
 
 
+def cmd_train_goal(a) -> int:
+    import yaml
+
+    from world_model_ctrl.goal import train_goal
+    from world_model_ctrl.paths import resolve_checkpoint
+    from world_model_ctrl.worlds import get_world
+    overrides = {}
+    for item in a.set or []:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise SystemExit(f'wmc train-goal: --set wants KEY=VALUE, got {item!r}')
+        overrides[key.strip()] = yaml.safe_load(value)
+    if a.steps is not None:
+        overrides['steps'] = a.steps
+    ckpt = resolve_checkpoint(a.ckpt or 'shipped', get_world(a.world).checkpoint)
+    try:
+        m = train_goal(ckpt, a.bags, a.out, overrides, force=a.force,
+                       progress=not a.no_progress)
+    except (TypeError, ValueError, FileExistsError) as e:
+        raise SystemExit(f'wmc train-goal: {e}')
+    _write_json(m, a.json)
+    print(f"wrote {a.out}: {ckpt} with a goal head ({m['frames']} frames of "
+          f"{m['episodes']} episodes, {m['train_s']:.0f} s; recorded steps measure "
+          f"{m['step_distance_p50']:.2f} p50, {m['step_distance_p99']:.2f} p99 steps)",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
+    if a.goal_image and a.realtime:
+        raise SystemExit('wmc eval: --goal-image runs lockstep (drop --realtime)')
     if a.no_ros:
         if a.realtime or a.device != 'cpu':
             raise SystemExit('wmc eval: --no-ros runs lockstep on the CPU (drop --realtime '
                              'and --device)')
         from world_model_ctrl.offline_loop import run_offline
         s = run_offline(a.ckpt, a.episodes, a.seed, a.max_steps, a.world, a.params,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, goal_image=a.goal_image)
         _write_json(s, a.json)
         print(_eval_summary_lines(s), file=sys.stderr)
         return 0
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, a.device, a.realtime,
                         a.domain_id, params_file=a.params, progress=not a.no_progress,
-                        world=a.world)
+                        world=a.world, goal_image=a.goal_image)
     s.pop('_episodes')
     _write_json(s, a.json)
     print(_eval_summary_lines(s), file=sys.stderr)
@@ -274,7 +304,7 @@ def cmd_demo(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop, write_demo_outputs
     out = Path(a.out)
     s = run_closed_loop(a.ckpt, a.episodes, a.seed, a.max_steps, 'cpu', False, a.domain_id,
-                        record_frames=True, world=a.world)
+                        record_frames=True, world=a.world, goal_image=a.goal_image)
     paths = write_demo_outputs(s, out)
     s.pop('_episodes')
     _write_json(s, str(out / 'demo_summary.json'))
@@ -309,7 +339,8 @@ def cmd_up(a) -> int:
             'cmd_vel_topic': a.cmd_vel_topic, 'cmd_vel_stamped': str(a.cmd_vel_stamped).lower(),
             'namespace': '' if namespace == '/' else namespace, 'monitor': str(a.monitor).lower(),
             'prior_checkpoint': a.prior_checkpoint or 'shipped',
-            'compressed': str(a.compressed).lower(), 'world': a.world}
+            'compressed': str(a.compressed).lower(), 'world': a.world,
+            'objective': a.objective, 'goal_image_file': json.dumps(a.goal_image_file or '')}
     graph = control_graph(args, params_file=a.params)
     # Refuse a missing, foreign or non-finite checkpoint here, before any node starts.
     load_checkpoint(resolve_checkpoint(args['checkpoint'], get_world(a.world).checkpoint), 'ssm')
@@ -373,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--episodes', type=int, default=10)
     p.add_argument('--steps', type=int, default=50, help='commands per episode')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'turns', 'mix'],
-                   help="exploration policy ('turns': onboard world only)")
+    p.add_argument('--policy', default='mix', choices=['random', 'ou', 'goal', 'turns', 'mix', 'waypoints'],
+                   help="exploration policy ('turns': onboard world only; 'waypoints' covers "
+                        "the floor evenly, for goal images)")
     p.add_argument('--storage', default='mcap', choices=['mcap', 'sqlite3'])
     p.add_argument('--image-size', type=int, default=64)
     p.add_argument('--noise-std', type=float, default=0.0)
@@ -508,11 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help='lockstep without ROS: the world, filter and CEM called in one process '
                         '(same starts and planner parameters; CPU, quick model checks)')
     p.add_argument('--params', help='control params YAML (default: config/control.yaml)')
+    p.add_argument('--goal-image', action='store_true',
+                   help='a random goal pose per episode, given to the planner as the picture '
+                        'taken there (objective goal_image); success = reaching that pose')
     p.add_argument('--domain-id', type=int)
     p.add_argument('--json', help='write the metrics here (default: stdout)')
     p.add_argument('--no-progress', action='store_true')
     _add_world_arg(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser('train-goal', help='fit the goal head (steps between latent states) '
+                       'for planning toward goal images; writes a copy of the checkpoint')
+    p.add_argument('--ckpt', help='SSM checkpoint (default: the world\'s shipped model)')
+    p.add_argument('--bags', nargs='+', required=True)
+    p.add_argument('--out', required=True, help='the checkpoint with its goal head')
+    p.add_argument('--steps', type=int, help='optimiser steps (default 6000)')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='any goal.GoalTrainConfig field, or hidden / embed_dim of the head')
+    p.add_argument('--force', action='store_true', help='overwrite --out')
+    p.add_argument('--json', help='write the training metrics here (default: stdout)')
+    p.add_argument('--no-progress', action='store_true')
+    _add_world_arg(p)
+    p.set_defaults(func=cmd_train_goal)
 
     p = sub.add_parser('demo', help='what `make demo` runs: a few episodes, a GIF and a plot')
     p.add_argument('--ckpt')
@@ -521,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-steps', type=int, default=100)
     p.add_argument('--out', default='out')
     p.add_argument('--domain-id', type=int)
+    p.add_argument('--goal-image', action='store_true',
+                   help='random goals given as pictures (objective goal_image); the GIF shows '
+                        'each goal image beside the camera')
     _add_world_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -541,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--monitor', action='store_true',
                    help='start image_monitor: the DDPM prior stops the planner on odd frames')
     p.add_argument('--prior-checkpoint', help='image prior checkpoint (default: shipped)')
+    p.add_argument('--objective', choices=['reward', 'goal_image'], default='reward',
+                   help='what the planner maximises (goal_image: docs/goal_images.md)')
+    p.add_argument('--goal-image-file', help='objective goal_image: plan toward this picture')
     _add_world_arg(p)
     p.set_defaults(func=cmd_up)
     return ap

@@ -128,13 +128,17 @@ class _OracleDriver:
 
 def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, domain_id,
                   record_frames: bool, quiet: bool, progress: bool, driver=None,
-                  desc: str = 'eval', until_goal: bool = True, ready=None) -> tuple[list, list]:
+                  desc: str = 'eval', until_goal: bool = True, ready=None,
+                  goals=None) -> tuple[list, list]:
     """Start ``specs`` and run ``episodes`` episodes against them: (results, plan_ms).
 
     ``driver(node, watch)``, if given, sets up the controller inside this process (the
     realtime oracle); otherwise the graph's planner drives and the first plan is awaited.
     ``until_goal=False``: every episode runs ``max_steps`` steps (recording), a success being
     the goal reached at any of them. ``ready(node)``: one more condition before the first.
+    ``goals``: per episode (pose, image): the image goes to the planner's goal_image topic
+    before the episode's reset (and is awaited on planner/goal_set), success is reaching the
+    pose's position instead of the sim's goal.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -148,6 +152,16 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
     watch = _Watcher(node, record_frames)
     if driver is not None:
         driver(node, watch)
+    if goals is not None:
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        goal_pub = node.create_publisher(Image, 'goal_image', latched)
+        goals_set: list[str] = []
+        node.create_subscription(Header, 'planner/goal_set',
+                                 lambda m: goals_set.append(m.frame_id), latched)
     results = []
     try:
         with NodeGroup(ros_env(domain_id), quiet=quiet) as group:
@@ -175,6 +189,17 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
             watch.plan_ms.clear()          # timings from the episodes only, not warm-up
             bar = tqdm(range(episodes), desc=desc, unit='ep', disable=not progress)
             for ep in bar:
+                target = None
+                if goals is not None:
+                    pose, image = goals[ep]
+                    target = np.asarray(pose[:2], dtype=np.float64)
+                    h, w = image.shape[:2]
+                    msg = Image(height=h, width=w, encoding='rgb8', step=w * 3,
+                                data=np.ascontiguousarray(image).tobytes())
+                    msg.header.frame_id = f'eval goal {ep}'
+                    goal_pub.publish(msg)
+                    spin_until(lambda: msg.header.frame_id in goals_set, 30,
+                               f'the planner to take goal {ep}')
                 n_markers = len(watch.markers)
                 fut = watch.reset_client.call_async(watch.Trigger.Request())
                 spin_until(lambda: fut.done() and len(watch.markers) > n_markers, 30,
@@ -184,10 +209,10 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                 outcome = {'checked': 0}
 
                 def done():
-                    stamps = watch.episode
+                    stamps, goal = watch.episode, watch.goal if target is None else target
                     for i in range(outcome['checked'], len(stamps)):
                         if 'steps' not in outcome and np.linalg.norm(
-                                watch.poses[stamps[i]] - watch.goal) <= cfg.success_radius:
+                                watch.poses[stamps[i]] - goal) <= cfg.success_radius:
                             outcome.update(success=True, steps=i, stamps=stamps[:i + 1])
                             if until_goal:
                                 return True
@@ -204,9 +229,10 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                            f'episode {ep} to finish')
                 track = np.array([watch.poses[s] for s in outcome['stamps']])
                 frames = [watch.frames[s] for s in outcome['stamps'] if s in watch.frames]
+                goal = watch.goal if target is None else target
                 results.append({'success': outcome['success'], 'steps': outcome['steps'],
                                 'track': track, 'frames': frames,
-                                'distance': np.linalg.norm(track - watch.goal, axis=1)})
+                                'distance': np.linalg.norm(track - goal, axis=1)})
                 bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
     finally:
         node.destroy_node()
@@ -259,7 +285,8 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
                     max_steps: int = 100, device: str = 'cpu', realtime: bool = False,
                     domain_id: int | None = None, record_frames: bool = False,
                     params_file: str | None = None, quiet: bool = True,
-                    progress: bool = True, start=None, world: str = 'overhead') -> dict:
+                    progress: bool = True, start=None, world: str = 'overhead',
+                    goal_image: bool = False) -> dict:
     """Episodes from the sim's seeded random starts (or all from ``start``, [x, y] m) in
     ``world`` (overhead | onboard).
 
@@ -268,18 +295,33 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     cmd_vel out, no model): ``oracle_mean_steps`` is that one, the fair comparison for a
     controller that acts on frames already a step old; ``lockstep_oracle_mean_steps`` the
     ROS-free one.
+
+    ``goal_image``: a random goal pose per episode (``offline_loop.draw_goal``, the same as
+    `wmc eval --no-ros --goal-image`); the planner (objective goal_image) gets the view from
+    there on its goal_image topic; the oracle drives from the same starts to the same goals.
     """
+    from room_sim.worlds import view_at
+    from world_model_ctrl.offline_loop import draw_goal, goal_baseline, goal_rng
     cfg = world_config(world)
-    graph, sim_spec = evaluation_graph(ckpt, device, world, params_file, seed, realtime, start)
+    goals = None
+    if goal_image:
+        rng = goal_rng(seed)
+        poses = [draw_goal(world, cfg, rng) for _ in range(episodes)]
+        goals = [(g, view_at(world, g, cfg.to_dict())) for g in poses]
+    graph, sim_spec = evaluation_graph(
+        ckpt, device, world, params_file, seed, realtime, start,
+        planner={'objective': 'goal_image'} if goal_image else None)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     t_start = time.monotonic()
     common = dict(episodes=episodes, max_steps=max_steps, cfg=cfg, realtime=realtime,
                   domain_id=domain_id, quiet=quiet, progress=progress)
-    results, plan_ms = _run_episodes(graph, record_frames=record_frames, **common)
+    results, plan_ms = _run_episodes(graph, record_frames=record_frames, goals=goals, **common)
     wall_s = round(time.monotonic() - t_start, 1)
     success_rate, mean_steps, _ = _rates(results)
-    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
-    rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
+    oracle, rand = ((goal_baseline(episodes, seed, max_steps, cfg, poses, start, world, policy)
+                     if goal_image else baseline(policy, episodes, seed, max_steps, cfg, start,
+                                                 world))
+                    for policy in ('oracle', 'random'))
     extra = {}
     if realtime:
         driven, _ = _run_episodes(
@@ -295,6 +337,7 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps,
         'mode': 'realtime' if realtime else 'lockstep', 'device': device, 'world': world,
         'checkpoint': str(ckpt or 'shipped'),
+        'objective': 'goal_image' if goal_image else 'reward',
         'success_rate': success_rate, 'mean_steps': mean_steps,
         'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
         **extra,
@@ -305,7 +348,9 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
         'wall_s': wall_s,
         'per_episode': [{'success': r['success'], 'steps': r['steps'],
                          'oracle_steps': (oracle['steps'][i] if i < len(oracle['steps'])
-                                          else None)}
+                                          else None),
+                         'start': [float(v) for v in r['track'][0]],
+                         **({'goal': [float(v) for v in poses[i][:2]]} if goal_image else {})}
                         for i, r in enumerate(results)],
     }
     if summary['mean_steps'] and oracle['mean_steps']:
@@ -313,6 +358,9 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     if realtime and summary['mean_steps'] and extra['lockstep_oracle_mean_steps']:
         summary['steps_ratio_vs_lockstep_oracle'] = \
             summary['mean_steps'] / extra['lockstep_oracle_mean_steps']
+    if goal_image:
+        for r, (_, image) in zip(results, goals):
+            r['goal_image'] = image
     summary['_episodes'] = results          # frames and tracks for the demo; not in JSON
     return summary
 
@@ -338,6 +386,9 @@ def write_demo_outputs(summary: dict, out_dir: str | Path, gif_episodes: int = 3
                 above.append(room.render())
             frames = np.concatenate([frames, np.stack(above)], axis=2)
             track = track + np.array([e['frames'][0].shape[1], 0])
+        if e.get('goal_image') is not None:     # what the planner was shown, on the right
+            goal = np.broadcast_to(e['goal_image'], (len(frames),) + e['goal_image'].shape)
+            frames = np.concatenate([frames, goal], axis=2)
         gif_eps.append((frames, track))
     paths = {}
     if gif_eps:

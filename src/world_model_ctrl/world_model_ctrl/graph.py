@@ -5,6 +5,8 @@ checks it describes the same nodes, parameter files, parameters and remappings a
 """
 from __future__ import annotations
 
+import yaml
+
 from world_model_ctrl.paths import config_file
 from world_model_ctrl.procs import NodeSpec
 from world_model_ctrl.worlds import get_world
@@ -31,6 +33,10 @@ LAUNCH_ARGS = {
     'monitor': 'false',
     'prior_checkpoint': 'shipped',
     'world': 'overhead',                    # overhead | onboard: sim, control params, model
+    'objective': 'reward',                  # reward | goal_image (planner; docs/goal_images.md)
+    # objective goal_image: the goal picture at start; "''" is YAML's empty string, what
+    # launch_ros makes of a parameter from a substitution ('' would become null)
+    'goal_image_file': "''",
 }
 
 
@@ -59,7 +65,8 @@ def control_graph(args: dict | None = None, params_file=None, sim_params_file=No
             'room_sim.node', {**common, 'world': world.name}, dict(remaps), [sim], 'room_sim')))
     compressed = {'compressed': _bool(a['compressed'])}
     # With the monitor on, the planner holds zero whenever the monitor's heartbeat stops.
-    planner = {**model, 'require_monitor': _bool(a['monitor'])}
+    planner = {**model, 'require_monitor': _bool(a['monitor']), 'objective': a['objective'],
+               'goal_image_file': str(yaml.safe_load(a['goal_image_file']) or '')}
     for exe, params in (('belief', {**model, **compressed}), ('planner', planner)):
         nodes.append(('world_model_ctrl', exe, NodeSpec(
             EXECUTABLES[('world_model_ctrl', exe)], params, dict(remaps), [control], exe)))

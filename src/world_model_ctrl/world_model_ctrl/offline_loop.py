@@ -53,10 +53,21 @@ class Agent:
         self.high = resolve_limits(self.fields, self.params.get('action_limits') or [], spec,
                                    self.path)
         self.planner = cem_planner(self.params, self.high, 'cpu')
-        sample = bool(self.params.get('sample_transitions', False))
-        self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
+        self.sample = bool(self.params.get('sample_transitions', False))
+        self.reward_rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=self.sample)
+        self.rollout = self.reward_rollout
+        self.goal_head = None
         self.plan_ms: list[float] = []
         self.reset()
+
+    def set_goal_image(self, image: np.ndarray) -> None:
+        """Plan toward ``image`` (H x W x 3 uint8 at the model's size) from now on
+        (objective goal_image, goal.py) instead of by the reward head."""
+        from world_model_ctrl.goal import GoalHead, goal_embedding, goal_scores
+        if self.goal_head is None:
+            self.goal_head = GoalHead.from_model(self.model, self.path)
+        g = goal_embedding(self.model, self.goal_head, image[None])[0]
+        self.rollout = goal_scores(self.model, self.goal_head, g, sample=self.sample)
 
     def reset(self, episode: int | None = None) -> None:
         """A new episode: no filter state, no command yet, no warm start; with the sim's
@@ -79,11 +90,53 @@ class Agent:
         self.last = torch.as_tensor(action, dtype=torch.float32).reshape(1, -1)
 
 
+def goal_rng(seed: int) -> np.random.Generator:
+    """Where `wmc eval --goal-image` puts each episode's goal: its own stream, so the starts
+    stay those of the sim's seeded RNG (the same as without goal images)."""
+    return np.random.default_rng([int(seed), 14])
+
+
+def draw_goal(world: str, cfg, rng: np.random.Generator) -> np.ndarray:
+    """A goal pose uniform over the floor: [x, y] (overhead), [x, y, heading] (onboard)."""
+    if world == 'onboard':
+        lo, hi = cfg.bounds()
+        return np.concatenate([rng.uniform(lo, hi), [rng.uniform(-np.pi, np.pi)]])
+    lo, hi = cfg.bounds(cfg.robot_size)
+    return rng.uniform(lo, hi)
+
+
+def goal_baseline(episodes: int, seed: int, max_steps: int, cfg, goals, start=None,
+                  world_name: str = 'overhead', policy: str = 'oracle') -> dict:
+    """The true-state oracle (or uniform random commands, as ``closed_loop.baseline``) from
+    the sim's seeded starts to ``goals`` ([x, y, ...] each)."""
+    sim = make_world(world_name, cfg.to_dict(), seed=seed)
+    sim.reset(start=start)
+    bound = np.array(cfg.action_limits)
+    rng = np.random.default_rng(seed + 999)
+    steps = []
+    for i in range(episodes):
+        sim.reset(start=start)
+        sim.goal = np.asarray(goals[i][:2], dtype=np.float64)   # the oracle's target only
+        steps.append(None)
+        for t in range(max_steps + 1):
+            if sim.success():
+                steps[-1] = t
+                break
+            if t < max_steps:
+                sim.step(sim.oracle() if policy == 'oracle' else rng.uniform(-bound, bound))
+    ok = [s for s in steps if s is not None]
+    return {'success_rate': len(ok) / max(episodes, 1),
+            'mean_steps': float(np.mean(ok)) if ok else None, 'steps': steps}
+
+
 @torch.no_grad()
 def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 100,
                 world: str = 'overhead', params_file=None, overrides: dict | None = None,
-                start=None, progress: bool = True) -> dict:
-    """Lockstep episodes from the sim's seeded starts; the same summary keys as `wmc eval`."""
+                start=None, progress: bool = True, goal_image: bool = False) -> dict:
+    """Lockstep episodes from the sim's seeded starts; the same summary keys as `wmc eval`.
+    ``goal_image``: each episode gets a random goal pose (``draw_goal``) and the planner its
+    view (``view_at``) instead of the reward; success is reaching that goal's position."""
+    from room_sim.worlds import view_at
     from tqdm import tqdm
 
     from world_model_ctrl.closed_loop import baseline
@@ -94,13 +147,19 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
     sim = make_world(world, cfg.to_dict(), seed=seed)
     sim.reset(start=start)                             # the sim's start-up reset
     results, t_start = [], time.monotonic()
+    goals = []
+    rng = goal_rng(seed)
     bar = tqdm(range(episodes), desc='eval (no ROS)', unit='ep', disable=not progress)
     for _ in bar:
         frame = sim.reset(start=start)
         agent.reset(sim.episode)
+        if goal_image:
+            goals.append(draw_goal(world, cfg, rng))
+            agent.set_goal_image(view_at(world, goals[-1], cfg.to_dict()))
+        target = np.asarray(goals[-1][:2]) if goal_image else sim.goal
         track, outcome = [sim.pos.copy()], None
         for t in range(max_steps + 1):
-            if sim.success():
+            if np.linalg.norm(sim.pos - target) <= cfg.success_radius:
                 outcome = (True, t)
                 break
             if t == max_steps:
@@ -111,14 +170,17 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
         results.append({'success': outcome[0], 'steps': outcome[1], 'track': np.array(track)})
         bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
     ok = [r['steps'] for r in results if r['success']]
-    oracle = baseline('oracle', episodes, seed, max_steps, cfg, start, world)
-    rand = baseline('random', episodes, seed, max_steps, cfg, start, world)
+    oracle, rand = ((goal_baseline(episodes, seed, max_steps, cfg, goals, start, world, policy)
+                     if goal_image else baseline(policy, episodes, seed, max_steps, cfg, start,
+                                                 world))
+                    for policy in ('oracle', 'random'))
     plan_ms = agent.plan_ms
     ms = np.array(plan_ms) if plan_ms else np.array([np.nan])
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps, 'mode': 'lockstep-no-ros',
         'device': 'cpu', 'world': world, 'checkpoint': str(ckpt or 'shipped'),
         'planner_overrides': dict(overrides or {}),
+        'objective': 'goal_image' if goal_image else 'reward',
         'success_rate': float(np.mean([r['success'] for r in results])),
         'mean_steps': float(np.mean(ok)) if ok else None,
         'oracle_success_rate': oracle['success_rate'], 'oracle_mean_steps': oracle['mean_steps'],
@@ -130,9 +192,15 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
         'per_episode': [{'success': r['success'], 'steps': r['steps'],
                          'oracle_steps': (oracle['steps'][i] if i < len(oracle['steps'])
                                           else None),
-                         'start': [float(v) for v in r['track'][0]]}
+                         'start': [float(v) for v in r['track'][0]],
+                         **({'goal': [float(v) for v in goals[i][:2]]} if goal_image else {})}
                         for i, r in enumerate(results)],
     }
     if summary['mean_steps'] and oracle['mean_steps']:
         summary['steps_ratio_vs_oracle'] = summary['mean_steps'] / oracle['mean_steps']
+    if goal_image:      # the same episodes: a ratio over the ones both reached
+        pairs = [(p['steps'], p['oracle_steps']) for p in summary['per_episode']
+                 if p['success'] and p['oracle_steps']]
+        summary['steps_ratio_paired'] = (float(np.mean([a / b for a, b in pairs]))
+                                         if pairs else None)
     return summary

@@ -30,12 +30,16 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.time import Time
-from sensor_msgs.msg import Image
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float32, Header
+from std_srvs.srv import Trigger
 
 from world_model_ctrl.actions import check_fields, resolve_limits, trained_spec
 from world_model_ctrl.cem import CEMConfig, CEMPlanner, resolve_device
+from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
+from world_model_ctrl.goal import GoalHead, goal_embedding, goal_scores, read_goal_file
 from world_model_ctrl.messages import (belief_from_msg, check_action_fields, cmd_from_action,
                                        stamp_ns)
 from world_model_ctrl.paths import resolve_checkpoint
@@ -145,6 +149,11 @@ class PlannerNode(Node):
         # from (seed, episode) as `wmc collect-planner` does; 0 = none (control)
         self.declare_parameter('exploration_noise', 0.0)
         self.declare_parameter('imagined_rate_hz', 1.0)
+        # What CEM maximises: 'reward' (the reward head) or 'goal_image' (minus the goal head's
+        # steps to the goal: issue 14, goal.py; zero until a goal is set by the goal_image
+        # topic, the planner/set_goal_from_current_view service or goal_image_file)
+        self.declare_parameter('objective', 'reward')
+        self.declare_parameter('goal_image_file', '')
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
@@ -185,10 +194,25 @@ class PlannerNode(Node):
         self.sent = collections.deque(maxlen=16)   # (node clock ns, action) of every command
         self.require_monitor = bool(p('require_monitor').value)
         self.monitor_timeout = p('monitor_timeout').value
-        sample = bool(p('sample_transitions').value)
+        self.sample = sample = bool(p('sample_transitions').value)
         self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=sample)
-        # One plan now, so the first real one is not slowed by torch's lazy set-up.
+        self.objective = p('objective').value
+        if self.objective not in ('reward', 'goal_image'):
+            raise ValueError(f"objective must be 'reward' or 'goal_image', got "
+                             f"{self.objective!r}")
+        self.goal = None                    # goal_image: the goal's embedding once set
+        self.goal_source = ''
         z = self.model.config.latent_dim
+        if self.objective == 'goal_image':
+            self.goal_head = GoalHead.from_model(self.model, ckpt)   # refused if none
+            self.rollout = goal_scores(self.model, self.goal_head,
+                                       torch.zeros(self.goal_head.config.embed_dim,
+                                                   device=self.device), sample)
+        goal_file = p('goal_image_file').value
+        # a bad file stops the node here, not later
+        goal_rgb = (read_goal_file(goal_file, self.model.config.image_size)
+                    if goal_file and self.objective == 'goal_image' else None)
+        # One plan now, so the first real one is not slowed by torch's lazy set-up.
         with torch.no_grad():
             self.cem.plan(self.rollout, torch.zeros(z), torch.ones(z))
         self.cem.reset()
@@ -221,7 +245,22 @@ class PlannerNode(Node):
         # counted since start: what /diagnostics reports (every second)
         self.counts = dict.fromkeys(('plans', 'commands', 'zero_while_holding',
                                      'nonfinite_beliefs', 'nonfinite_plans',
-                                     'latency_steps', 'latency_uncompensated'), 0)
+                                     'latency_steps', 'latency_uncompensated',
+                                     'goals_set'), 0)
+        if self.objective == 'goal_image':
+            # transient local: a planner started after the goal was published still gets it
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.pub_goal = self.create_publisher(Header, 'planner/goal_set', latched)
+            self.create_subscription(Image, 'goal_image', self.on_goal_image, latched)
+            self.create_subscription(CompressedImage, 'goal_image/compressed',
+                                     self.on_goal_image, latched)
+            self.create_service(Trigger, 'planner/set_goal_from_current_view',
+                                self.on_set_goal_from_view)
+            if goal_rgb is not None:
+                self.set_goal(goal_rgb, f'file {goal_file}')
+                self.announce_goal(Header(stamp=self.get_clock().now().to_msg(),
+                                          frame_id=self.goal_source))
         self.plan_ms = 0.0
         self.diag = Diagnostics(self)
         self.create_timer(1.0, self.report)
@@ -273,19 +312,69 @@ class PlannerNode(Node):
         # up the reset. trigger=timer: at the next plan.
         self.episode_start = (stamp_ns(msg.stamp) if self.trigger == 'belief' else 0, seed)
 
+    # -- goals (objective goal_image) --------------------------------------------------------
+    @torch.no_grad()
+    def set_goal(self, rgb: np.ndarray, source: str) -> None:
+        """Plan toward the view ``rgb`` (S x S x 3 uint8) from the next plan on."""
+        self.use_goal(goal_embedding(self.model, self.goal_head, rgb[None])[0], source)
+
+    def use_goal(self, goal: torch.Tensor, source: str) -> None:
+        if not torch.all(torch.isfinite(goal)):
+            raise ValueError('the goal embeds to non-finite values')
+        self.goal, self.goal_source = goal, source
+        self.rollout = goal_scores(self.model, self.goal_head, goal, self.sample)
+        self.reset_plan = True              # the last plan aimed elsewhere
+        self.counts['goals_set'] += 1
+        self.get_logger().info(f'goal set from {source}')
+
+    def announce_goal(self, header) -> None:
+        """planner/goal_set: the header of what set the goal (the goal image's own header, so
+        a sender can tell that its goal is the one planned toward)."""
+        self.pub_goal.publish(header)
+
+    def on_goal_image(self, msg) -> None:
+        try:
+            rgb = image_to_rgb(msg, self.model.config.image_size)
+            self.set_goal(rgb, 'goal_image topic')
+        except ValueError as e:
+            self.get_logger().warning(f'goal image refused: {e}; the goal is unchanged')
+            return
+        self.announce_goal(msg.header)
+
+    def on_set_goal_from_view(self, request, response):
+        with self.lock:
+            belief = self.belief
+        if belief is None or self.stale():
+            response.success, response.message = False, 'no current belief: is the camera up?'
+            return response
+        try:
+            with torch.no_grad():
+                goal = self.goal_head(torch.from_numpy(belief[0]).to(self.device).float())
+            self.use_goal(goal, 'current view')
+        except ValueError as e:
+            response.success, response.message = False, str(e)
+            return response
+        self.announce_goal(Header(stamp=belief[2].stamp, frame_id='current view'))
+        response.success, response.message = True, 'goal set to the current view'
+        return response
+
     # -- control ---------------------------------------------------------------------------
     def stale(self) -> bool:
         return self.belief is None or time.monotonic() - self.belief[3] > self.timeout
 
     def must_hold(self) -> bool:
-        """Zero regardless of the belief: a stop request, or a required monitor fell silent."""
-        if self.stop_requested:
+        """Zero regardless of the belief: a stop request, a required monitor fell silent, or
+        no goal yet to plan toward."""
+        if self.stop_requested or self.no_goal():
             return True
         if self.monitor_silent():
             self.get_logger().warning(f'image monitor silent for over {self.monitor_timeout} s: '
                                       'holding zero until it is back', throttle_duration_sec=5.0)
             return True
         return False
+
+    def no_goal(self) -> bool:
+        return self.objective == 'goal_image' and self.goal is None
 
     def monitor_silent(self) -> bool:
         return self.require_monitor and (
@@ -401,6 +490,8 @@ class PlannerNode(Node):
             return 'stop requested'
         if self.monitor_silent():
             return 'image monitor silent'
+        if self.no_goal():
+            return 'no goal image yet'
         if self.belief is None:
             return 'no belief'
         return 'belief stale' if self.stale() else ''
@@ -410,7 +501,9 @@ class PlannerNode(Node):
         age = time.monotonic() - self.belief[3] if self.belief is not None else -1.0
         self.diag.publish(WARN if reason else OK, f'holding zero: {reason}' if reason
                           else 'planning', {**self.counts, 'plan_ms': self.plan_ms,
-                                            'belief_age_s': age, 'holding': reason or 'no'})
+                                            'belief_age_s': age, 'holding': reason or 'no',
+                                            'objective': self.objective,
+                                            'goal': self.goal_source or 'none'})
 
     def stop_robot(self):
         """The final zero, on shutdown; waits until subscribers acknowledged it."""

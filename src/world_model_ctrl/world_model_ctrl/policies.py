@@ -18,8 +18,11 @@ import math
 
 import numpy as np
 
-POLICIES = ('random', 'ou', 'goal', 'mix')
-DRIVE_POLICIES = ('random', 'ou', 'goal', 'turns', 'mix')
+POLICIES = ('random', 'ou', 'goal', 'mix', 'waypoints')
+DRIVE_POLICIES = ('random', 'ou', 'goal', 'turns', 'mix', 'waypoints')
+# The default room's floor (room_sim: 2 m, 0.1 m walls) less a robot's half-size: where
+# ``waypoints`` draws its targets
+FLOOR = (0.2, 1.8)
 WORLDS = ('overhead', 'onboard')
 DEFAULT_TURN_RATE = 3.0        # rad/s: room_sim's onboard max_turn_rate
 
@@ -75,6 +78,39 @@ class GoalSeekerPolicy(Policy):
         speed = self.rng.uniform(0.3, 1.0) * self.max_speed
         a = d / max(np.abs(d).max(), 1e-9) * min(speed, np.abs(d).max() * 10)
         return self.clip(a + self.noise * self.rng.normal(size=2))
+
+
+class _Waypoints:
+    """Seeks a waypoint drawn uniformly over the floor instead of the goal, and draws the next
+    when within ``reach`` m or after ``patience`` steps: visits every part of the room about
+    equally (``mix`` favours the goal region), what a goal-image planner needs (issue 14)."""
+
+    def _waypoints(self, floor=FLOOR, reach: float = 0.08, patience: int = 40) -> None:
+        self.floor, self.reach, self.patience = floor, reach, patience
+        self.target, self.age = None, 0
+
+    def reset(self):
+        self.target, self.age = None, 0
+
+    def _target(self, pos):
+        if pos is None:
+            return None
+        if (self.target is None or self.age >= self.patience
+                or np.linalg.norm(np.asarray(pos) - self.target) < self.reach):
+            self.target, self.age = self.rng.uniform(*self.floor, size=2), 0
+        self.age += 1
+        return self.target
+
+
+class WaypointPolicy(_Waypoints, GoalSeekerPolicy):
+    """(vx, vy) toward random waypoints (``_Waypoints``) at a random speed, plus noise."""
+
+    def __init__(self, max_speed, rng, noise: float = 0.2):
+        GoalSeekerPolicy.__init__(self, max_speed, rng, noise)
+        self._waypoints()
+
+    def act(self, pos, goal):
+        return GoalSeekerPolicy.act(self, pos, self._target(pos))
 
 
 class _Switching:
@@ -227,6 +263,17 @@ class DriveGoalPolicy(DrivePolicy):
         return self.clip(np.array([v, w]) + self.noise * self.rng.normal(size=2))
 
 
+class DriveWaypointPolicy(_Waypoints, DriveGoalPolicy):
+    """(v, w) toward random waypoints (``_Waypoints``), turning as the goal-seeker does."""
+
+    def __init__(self, limits, rng, dt=0.1, noise: float = 0.25):
+        DriveGoalPolicy.__init__(self, limits, rng, dt, noise)
+        self._waypoints()
+
+    def act(self, pos, goal, heading=None):
+        return DriveGoalPolicy.act(self, pos, self._target(pos), heading)
+
+
 class DriveMixPolicy(_Switching, DrivePolicy):
     """Switch between random, OU, turns and goal-seeking every ``segment`` steps."""
 
@@ -250,14 +297,14 @@ def make_policy(name: str, max_speed: float = 0.5, seed: int | None = None,
     rng = np.random.default_rng(seed)
     if world == 'overhead':
         table = {'random': RandomPolicy, 'ou': OUPolicy, 'goal': GoalSeekerPolicy,
-                 'mix': MixPolicy}
+                 'mix': MixPolicy, 'waypoints': WaypointPolicy}
         if name not in table:
             raise ValueError(f'unknown policy {name!r}; choose from {", ".join(POLICIES)}')
         return table[name](max_speed, rng)
     if world != 'onboard':
         raise ValueError(f'unknown world {world!r}; choose from {", ".join(WORLDS)}')
     table = {'random': DriveRandomPolicy, 'ou': DriveOUPolicy, 'goal': DriveGoalPolicy,
-             'turns': TurnsPolicy, 'mix': DriveMixPolicy}
+             'turns': TurnsPolicy, 'mix': DriveMixPolicy, 'waypoints': DriveWaypointPolicy}
     if name not in table:
         raise ValueError(f'unknown policy {name!r} for the onboard world; choose from '
                          f'{", ".join(DRIVE_POLICIES)}')
