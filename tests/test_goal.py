@@ -128,3 +128,31 @@ def test_train_goal_cli_refuses_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit, match='GoalTrainConfig keys'):
         main(['train-goal', '--bags', str(tmp_path), '--out', str(tmp_path / 'o.pt'),
               '--set', 'no_such_key=1'])
+
+
+@pytest.mark.parametrize('world_name', ['overhead', 'onboard'])
+def test_waypoints_policy_covers_the_floor_more_evenly_than_mix(world_name):
+    """The goal head needs the whole room: `--policy waypoints` visits every cell of a 4 x 4
+    grid over the floor, its emptiest cell holding well over what mix leaves in its emptiest
+    (mix favours the goal region)."""
+    cfg = world_config(world_name)
+    lo, hi = cfg.bounds() if world_name == 'onboard' else cfg.bounds(cfg.robot_size)
+
+    def cells(name):
+        world = make_world(world_name, seed=0)
+        policy = make_policy(name, seed=3, world=world_name, limits=cfg.action_limits,
+                             dt=cfg.dt)
+        counts = np.zeros((4, 4))
+        for _ in range(60):
+            world.reset()
+            policy.reset()
+            for _ in range(50):
+                args = (world.pos, world.goal) + ((world.heading,) if world_name == 'onboard'
+                                                  else ())
+                world.step(policy.act(*args))
+                i, j = np.minimum((world.pos - lo) / (hi - lo) * 4, 3).astype(int)
+                counts[i, j] += 1
+        return counts / counts.sum()
+    way, mix = cells('waypoints'), cells('mix')
+    assert way.min() > 0.02                       # uniform: 1/16 = 0.0625 per cell
+    assert way.min() > 1.5 * mix.min(), (way.min(), mix.min())

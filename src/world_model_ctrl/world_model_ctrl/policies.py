@@ -97,7 +97,10 @@ class _Waypoints:
             return None
         if (self.target is None or self.age >= self.patience
                 or np.linalg.norm(np.asarray(pos) - self.target) < self.reach):
-            self.target, self.age = self.rng.uniform(*self.floor, size=2), 0
+            # arcsine (Beta(1/2, 1/2)) per axis: more waypoints near the walls, where a
+            # uniform draw leaves the robot least often (it passes the middle on every run)
+            lo, hi = self.floor
+            self.target, self.age = lo + (hi - lo) * self.rng.beta(0.5, 0.5, size=2), 0
         self.age += 1
         return self.target
 
