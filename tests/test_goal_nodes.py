@@ -209,3 +209,21 @@ def test_goal_image_eval_over_ros_matches_the_ros_free_loop():
                        [p['start'] for p in free['per_episode']])
     assert any(p['success'] for p in ros['per_episode'])
     assert len(ros['_episodes'][0]['goal_image'].shape) == 3
+
+
+def test_realtime_goal_image_eval_drives_the_oracle_to_the_same_goals():
+    """`wmc eval --realtime --goal-image`: the oracle run over ROS is given each episode's goal
+    pose (not the sim's goal) and needs about the ROS-free oracle's steps to reach it."""
+    from world_model_ctrl.closed_loop import run_closed_loop
+    s = run_closed_loop(domain_id=unique_domain(), episodes=2, seed=5, max_steps=40,
+                        progress=False, goal_image=True, realtime=True)
+    goals = [p['goal'] for p in s['per_episode']]
+    assert goals == [p['goal'] for p in run_offline_goals(2, 5)]
+    assert s['oracle_success_rate'] == 1.0
+    assert abs(s['oracle_mean_steps'] - s['lockstep_oracle_mean_steps']) <= 2
+
+
+def run_offline_goals(episodes, seed):
+    from world_model_ctrl.offline_loop import run_offline
+    return run_offline(episodes=episodes, seed=seed, max_steps=1, progress=False,
+                       goal_image=True)['per_episode']

@@ -279,8 +279,6 @@ def cmd_train_goal(a) -> int:
 
 def cmd_eval(a) -> int:
     from world_model_ctrl.closed_loop import run_closed_loop
-    if a.goal_image and a.realtime:
-        raise SystemExit('wmc eval: --goal-image runs lockstep (drop --realtime)')
     if a.no_ros:
         if a.realtime or a.device != 'cpu':
             raise SystemExit('wmc eval: --no-ros runs lockstep on the CPU (drop --realtime '

@@ -62,6 +62,7 @@ class _Watcher:
         self.markers: list[int] = []
         self.first = None             # stamp of the current episode's first frame
         self.episode: list[int] = []
+        self.target = None            # this episode's goal position when not the sim's
         node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, qos)
         node.create_subscription(PoseStamped, 'room_sim/goal', self.on_goal, qos)
         node.create_subscription(Header, 'room_sim/episode_start',
@@ -114,9 +115,10 @@ class _OracleDriver:
         node.create_subscription(PoseStamped, 'room_sim/pose', self.on_pose, QoSProfile(depth=10))
 
     def on_pose(self, m):
-        if self.watch.goal is None:
+        goal = self.watch.goal if self.watch.target is None else self.watch.target
+        if goal is None:
             return
-        a = _oracle_command(self.world, self.cfg, m, self.watch.goal)
+        a = _oracle_command(self.world, self.cfg, m, goal)
         msg = self.Twist()
         msg.linear.x = float(a[0])
         if self.world == 'onboard':
@@ -137,8 +139,9 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
     ``until_goal=False``: every episode runs ``max_steps`` steps (recording), a success being
     the goal reached at any of them. ``ready(node)``: one more condition before the first.
     ``goals``: per episode (pose, image): the image goes to the planner's goal_image topic
-    before the episode's reset (and is awaited on planner/goal_set), success is reaching the
-    pose's position instead of the sim's goal.
+    before the episode's reset (and is awaited on planner/goal_set; with a ``driver``, the
+    driver is given the pose instead), success is reaching the pose's position instead of the
+    sim's goal.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -152,7 +155,7 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
     watch = _Watcher(node, record_frames)
     if driver is not None:
         driver(node, watch)
-    if goals is not None:
+    if goals is not None and driver is None:
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import Header
@@ -192,7 +195,8 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                 target = None
                 if goals is not None:
                     pose, image = goals[ep]
-                    target = np.asarray(pose[:2], dtype=np.float64)
+                    target = watch.target = np.asarray(pose[:2], dtype=np.float64)
+                if goals is not None and driver is None:
                     h, w = image.shape[:2]
                     msg = Image(height=h, width=w, encoding='rgb8', step=w * 3,
                                 data=np.ascontiguousarray(image).tobytes())
@@ -325,7 +329,7 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     extra = {}
     if realtime:
         driven, _ = _run_episodes(
-            [sim_spec], record_frames=False, desc='eval (oracle, realtime)',
+            [sim_spec], record_frames=False, desc='eval (oracle, realtime)', goals=goals,
             driver=lambda node, watch: _OracleDriver(node, world, cfg, watch), **common)
         rate, mean, steps = _rates(driven)
         extra = {'lockstep_oracle_success_rate': oracle['success_rate'],
