@@ -10,10 +10,11 @@ between two states, learned as in quasimetric RL (Wang et al., 2023) with a symm
     s.t.      ||e(z_t) - e(z_{t+1})|| <= 1   for every recorded transition
 
 The largest metric that no recorded step stretches beyond 1 is the shortest-path distance in
-steps, so far goals keep a slope the planner can follow. The states it is trained on are those
-the planner sees: one-frame beliefs (what a goal image gives), filtered beliefs (the live
-stream, `set_goal_from_current_view`) and imagined ones (the prior's mean path under the
-recorded commands, what CEM scores); tie terms make the three agree for the same frame.
+steps, so far goals keep a slope the planner can follow. The metric is fitted on the recorded
+frames' filtered beliefs (``metric_latent``); the other latents the planner meets, goal-image
+beliefs (``one_frame_belief``), imagined states (the prior's mean path under the recorded
+commands, what CEM scores) and filtered beliefs themselves, reach it through a projection p
+fitted by regression onto the same frame's filtered belief: distance = ||e(p(a)) - e(p(b))||.
 
 The head rides inside the SSM checkpoint (``extra['goal_head']``): it is only valid for the
 latents of the model it was trained on, so the two never travel apart (`wmc train-goal`).
