@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from geometry_msgs.msg import Twist
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -19,11 +19,10 @@ from conftest import ROOM_EXTRA, tiny_world_model, unique_domain
 from faultkit import assert_clean_output
 from rosutil import call, spin_until
 from world_model_ctrl.goal import GoalHead, GoalHeadConfig
-from world_model_ctrl.messages import belief_to_msg
+from world_model_ctrl.messages import belief_to_msg, latched_qos
 from world_model_ctrl.procs import NodeGroup, NodeSpec, ros_env
 
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED = latched_qos()
 
 
 @pytest.fixture(scope='module')

@@ -22,26 +22,32 @@ from world_model_ctrl.procs import NodeGroup, ros_env, wait_for
 
 
 def baseline(policy: str, episodes: int, seed: int, max_steps: int,
-             cfg=None, start=None, world_name: str = 'overhead') -> dict:
-    """Oracle or random episodes on the ROS-free world, from the sim's seeded starts."""
+             cfg=None, start=None, world_name: str = 'overhead', goals=None) -> dict:
+    """Oracle or random episodes on the ROS-free world, from the sim's seeded starts; with
+    ``goals`` ([x, y, ...] per episode) toward those instead of the sim's goal. ``steps``: per
+    episode, None where it failed."""
     cfg = cfg or world_config(world_name)
     world = make_world(world_name, cfg.to_dict(), seed=seed)
     world.reset(start=start)                          # the sim's start-up reset
     bound = np.array(cfg.action_limits)       # (vx, vy) overhead, (v, w) onboard
     rng = np.random.default_rng(seed + 999)
     steps = []
-    for _ in range(episodes):
+    for i in range(episodes):
         world.reset(start=start)
+        if goals is not None:       # the target of oracle() and success(); nothing is rendered
+            world.goal = np.asarray(goals[i][:2], dtype=np.float64)
+        steps.append(None)
         for t in range(max_steps + 1):
             if world.success():
-                steps.append(t)
+                steps[-1] = t
                 break
             if t == max_steps:
                 break
             a = world.oracle() if policy == 'oracle' else rng.uniform(-bound, bound)
             world.step(a)
-    return {'success_rate': len(steps) / episodes,
-            'mean_steps': float(np.mean(steps)) if steps else None, 'steps': steps}
+    ok = [s for s in steps if s is not None]
+    return {'success_rate': len(ok) / episodes,
+            'mean_steps': float(np.mean(ok)) if ok else None, 'steps': steps}
 
 
 class _Watcher:
@@ -156,15 +162,15 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
     if driver is not None:
         driver(node, watch)
     if goals is not None and driver is None:
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import Header
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        goal_pub = node.create_publisher(Image, 'goal_image', latched)
+
+        from world_model_ctrl.messages import latched_qos
+        from world_model_ctrl.views import rgb8_msg
+        goal_pub = node.create_publisher(Image, 'goal_image', latched_qos())
         goals_set: list[str] = []
         node.create_subscription(Header, 'planner/goal_set',
-                                 lambda m: goals_set.append(m.frame_id), latched)
+                                 lambda m: goals_set.append(m.frame_id), latched_qos())
     results = []
     try:
         with NodeGroup(ros_env(domain_id), quiet=quiet) as group:
@@ -197,10 +203,7 @@ def _run_episodes(specs, episodes: int, max_steps: int, cfg, realtime: bool, dom
                     pose, image = goals[ep]
                     target = watch.target = np.asarray(pose[:2], dtype=np.float64)
                 if goals is not None and driver is None:
-                    h, w = image.shape[:2]
-                    msg = Image(height=h, width=w, encoding='rgb8', step=w * 3,
-                                data=np.ascontiguousarray(image).tobytes())
-                    msg.header.frame_id = f'eval goal {ep}'
+                    msg = rgb8_msg(image, Header(frame_id=f'eval goal {ep}'))
                     goal_pub.publish(msg)
                     spin_until(lambda: msg.header.frame_id in goals_set, 30,
                                f'the planner to take goal {ep}')
@@ -305,7 +308,7 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     there on its goal_image topic; the oracle drives from the same starts to the same goals.
     """
     from room_sim.worlds import view_at
-    from world_model_ctrl.offline_loop import draw_goal, goal_baseline, goal_rng
+    from world_model_ctrl.offline_loop import draw_goal, goal_rng
     cfg = world_config(world)
     goals = None
     if goal_image:
@@ -322,9 +325,8 @@ def run_closed_loop(ckpt: str | None = None, episodes: int = 20, seed: int = 0,
     results, plan_ms = _run_episodes(graph, record_frames=record_frames, goals=goals, **common)
     wall_s = round(time.monotonic() - t_start, 1)
     success_rate, mean_steps, _ = _rates(results)
-    oracle, rand = ((goal_baseline(episodes, seed, max_steps, cfg, poses, start, world, policy)
-                     if goal_image else baseline(policy, episodes, seed, max_steps, cfg, start,
-                                                 world))
+    oracle, rand = (baseline(policy, episodes, seed, max_steps, cfg, start, world,
+                             goals=poses if goal_image else None)
                     for policy in ('oracle', 'random'))
     extra = {}
     if realtime:

@@ -210,7 +210,8 @@ def _latents(model: WorldModel, episodes, horizon: int, device, goal_frames: int
 
 
 def step_distances(head: GoalHead, lat: dict) -> np.ndarray:
-    """Distances the head gives each recorded transition (one-frame beliefs): ~<= 1 if trained."""
+    """Distances the head's metric gives each recorded transition (``lat['one']``: the latents
+    it was fitted on): about <= 1 once trained."""
     valid = torch.nonzero(lat['next'] >= 0).squeeze(1)
     with torch.no_grad():
         d = (head.net(lat['one'][valid]) -

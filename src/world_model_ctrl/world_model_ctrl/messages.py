@@ -10,9 +10,17 @@ from typing import Sequence
 
 import numpy as np
 from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 BELIEF_ENCODING = '32FC1'
+
+
+def latched_qos() -> QoSProfile:
+    """Reliable, transient local, depth 1: the last message reaches a late subscriber (the
+    planner's goal_image and planner/goal_set, and whoever sends or watches them)."""
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def stamp_ns(stamp) -> int:

@@ -54,8 +54,7 @@ class Agent:
                                    self.path)
         self.planner = cem_planner(self.params, self.high, 'cpu')
         self.sample = bool(self.params.get('sample_transitions', False))
-        self.reward_rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=self.sample)
-        self.rollout = self.reward_rollout
+        self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=self.sample)
         self.goal_head = None
         self.plan_ms: list[float] = []
         self.reset()
@@ -105,30 +104,6 @@ def draw_goal(world: str, cfg, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(lo, hi)
 
 
-def goal_baseline(episodes: int, seed: int, max_steps: int, cfg, goals, start=None,
-                  world_name: str = 'overhead', policy: str = 'oracle') -> dict:
-    """The true-state oracle (or uniform random commands, as ``closed_loop.baseline``) from
-    the sim's seeded starts to ``goals`` ([x, y, ...] each)."""
-    sim = make_world(world_name, cfg.to_dict(), seed=seed)
-    sim.reset(start=start)
-    bound = np.array(cfg.action_limits)
-    rng = np.random.default_rng(seed + 999)
-    steps = []
-    for i in range(episodes):
-        sim.reset(start=start)
-        sim.goal = np.asarray(goals[i][:2], dtype=np.float64)   # the oracle's target only
-        steps.append(None)
-        for t in range(max_steps + 1):
-            if sim.success():
-                steps[-1] = t
-                break
-            if t < max_steps:
-                sim.step(sim.oracle() if policy == 'oracle' else rng.uniform(-bound, bound))
-    ok = [s for s in steps if s is not None]
-    return {'success_rate': len(ok) / max(episodes, 1),
-            'mean_steps': float(np.mean(ok)) if ok else None, 'steps': steps}
-
-
 @torch.no_grad()
 def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 100,
                 world: str = 'overhead', params_file=None, overrides: dict | None = None,
@@ -170,9 +145,8 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
         results.append({'success': outcome[0], 'steps': outcome[1], 'track': np.array(track)})
         bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
     ok = [r['steps'] for r in results if r['success']]
-    oracle, rand = ((goal_baseline(episodes, seed, max_steps, cfg, goals, start, world, policy)
-                     if goal_image else baseline(policy, episodes, seed, max_steps, cfg, start,
-                                                 world))
+    oracle, rand = (baseline(policy, episodes, seed, max_steps, cfg, start, world,
+                             goals=goals if goal_image else None)
                     for policy in ('oracle', 'random'))
     plan_ms = agent.plan_ms
     ms = np.array(plan_ms) if plan_ms else np.array([np.nan])

@@ -30,7 +30,6 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.time import Time
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float32, Header
 from std_srvs.srv import Trigger
@@ -41,7 +40,7 @@ from world_model_ctrl.data import image_to_rgb
 from world_model_ctrl.diagnostics import OK, WARN, Diagnostics
 from world_model_ctrl.goal import GoalHead, goal_embedding, goal_scores, read_goal_file
 from world_model_ctrl.messages import (belief_from_msg, check_action_fields, cmd_from_action,
-                                       stamp_ns)
+                                       latched_qos, stamp_ns)
 from world_model_ctrl.paths import resolve_checkpoint
 from world_model_ctrl.spin import arrival_time, require_positive, run_node, with_message_info
 from world_model_ctrl.ssm import WorldModel
@@ -249,8 +248,7 @@ class PlannerNode(Node):
                                      'goals_set'), 0)
         if self.objective == 'goal_image':
             # transient local: a planner started after the goal was published still gets it
-            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            latched = latched_qos()
             self.pub_goal = self.create_publisher(Header, 'planner/goal_set', latched)
             self.create_subscription(Image, 'goal_image', self.on_goal_image, latched)
             self.create_subscription(CompressedImage, 'goal_image/compressed',
