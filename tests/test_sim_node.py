@@ -200,3 +200,23 @@ def test_wait_for_reset_holds_the_start_up_frame_until_the_first_reset(ros_node,
     pub.publish(Twist(linear=Vector3(x=0.5)))
     spin_until(ros_node, lambda: len({stamp(m) for m in probe.poses}) > n, what='a step')
     np.testing.assert_allclose(probe.pos() - p1, [0.05, 0.0], atol=1e-9)
+
+
+def test_reset_waits_until_reset_subscribers_matched_so_a_late_one_hears_the_start(ros_node,
+                                                                                   sim):
+    """reset_subscribers (what `wmc eval` sets): a reset waits until that many subscriptions
+    to room_sim/episode_start matched; a consumer whose subscription matched late would miss
+    the (volatile) episode start and take the episode's first frame as the last one's next."""
+    sim(mode='lockstep', seed=2, wait_for_reset=True, reset_subscribers=2)
+    probe = Probe(ros_node)
+    reset = ros_node.create_client(Trigger, 'room_sim/reset')
+    spin_until(ros_node, lambda: reset.service_is_ready() and probe.poses, what='the sim')
+    fut = reset.call_async(Trigger.Request())
+    _spin_for(ros_node, 1.0)
+    assert not fut.done(), 'reset before the second subscriber matched'
+    late = []
+    ros_node.create_subscription(Header, 'room_sim/episode_start', late.append, 10)
+    spin_until(ros_node, fut.done, 10, 'the reset once both matched')
+    assert fut.result().success
+    spin_until(ros_node, lambda: late and probe.episodes, 5, 'the episode start at both')
+    assert stamp(late[-1]) == stamp(probe.episodes[-1]) > 0

@@ -11,10 +11,13 @@ Modes:
             steps on that topic instead of cmd_vel: once per command stamped with the current
             frame's stamp, so a command for an older frame never steps the world twice, while
             cmd_vel keeps its ROS meaning (stamped with the time of publishing).
+            With ``reset_subscribers`` > 0 a reset waits until that many subscriptions to
+            room_sim/episode_start matched (what `wmc eval` sets: its belief, planner and itself).
 """
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 import rclpy
@@ -43,6 +46,7 @@ ONBOARD_PARAMS = {name: getattr(OnboardConfig, name) for name in (
     'room_size', 'wall', 'dt', 'max_speed', 'max_turn_rate', 'robot_radius', 'success_radius',
     'image_size', 'fov_deg', 'camera_height', 'noise_std', 'random_goal')}
 PARAMS_OF_WORLD = {'overhead': WORLD_PARAMS, 'onboard': ONBOARD_PARAMS}
+RESET_WAIT_S = 10.0     # reset_subscribers: the longest a reset waits for them
 
 
 def time_from_ns(ns: int) -> Time:
@@ -81,6 +85,10 @@ class RoomSimNode(Node):
         # lockstep: no command steps the world before the first room_sim/reset (the start-up
         # frame waits, re-sent): for drivers that begin every episode with a reset
         self.declare_parameter('wait_for_reset', False)
+        # a reset first waits (up to RESET_WAIT_S) until room_sim/episode_start has this many
+        # matched subscriptions: a consumer that matched late would miss the episode's start
+        # (volatile), filter and plan its first frames as the last episode's next steps
+        self.declare_parameter('reset_subscribers', 0)
         self.declare_parameter('frame_id', 'room')
         self.declare_parameter('republish_period', 0.5)
         self.declare_parameter('qos_depth', 100)
@@ -195,6 +203,7 @@ class RoomSimNode(Node):
             self.publish_frame(frame)
 
     def on_reset(self, request, response):
+        self.wait_for_episode_subscribers()
         frame = self.world.reset(start=self.start)
         self.cmd, self.cmd_time = np.zeros(2), None
         self.new_episode, self.holding = True, False
@@ -206,6 +215,18 @@ class RoomSimNode(Node):
                             f'{self.world.pos[0]:.3f} {self.world.pos[1]:.3f}'
                             + (f' {self.world.heading:.3f}' if self.onboard else ''))
         return response
+
+    def wait_for_episode_subscribers(self):
+        need = self.get_parameter('reset_subscribers').value
+        deadline = time.monotonic() + RESET_WAIT_S
+        while self.pub_episode.get_subscription_count() < need \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        have = self.pub_episode.get_subscription_count()
+        if have < need:
+            self.get_logger().warning(
+                f'reset: room_sim/episode_start has {have} of reset_subscribers={need} '
+                f'subscriptions after {RESET_WAIT_S:.0f} s; resetting anyway')
 
     # -- stepping --------------------------------------------------------------------------
     def on_tick(self):

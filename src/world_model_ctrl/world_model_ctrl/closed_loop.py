@@ -272,6 +272,10 @@ def evaluation_graph(ckpt, device: str, world: str, params_file, seed: int, real
                 # and not before the first reset: the start-up frame is answered while the
                 # graph warms up, which would drive the robot (and a recorder would keep it)
                 spec.params['wait_for_reset'] = True
+                # and no reset before belief, planner and the evaluator all hear of it (seen:
+                # the planner's subscription matched after the first reset, so it planned
+                # episode 0's first frame with the start-up frame's search state)
+                spec.params['reset_subscribers'] = 3
             if start is not None:
                 spec.params['start'] = [float(v) for v in start]
         if exe == 'planner':

@@ -155,6 +155,7 @@ def collect_planner_ros(out, ckpt=None, episodes: int = 100, steps: int = 50, se
     cfg = world_config(world)
     graph, sim = evaluation_graph(ckpt, 'cpu', world, params_file, seed, False,
                                 planner={'exploration_noise': float(noise), 'seed': seed})
+    sim.params['reset_subscribers'] += 1        # the recorder keeps the episode starts too
     rec = NodeSpec('world_model_ctrl.recorder', {
         'output': str(out), 'storage': storage, 'topics': list(COLLECT_TOPICS),
         'types': [f'{t}:{m}' for t, m in COLLECT_TOPICS.items()]})
