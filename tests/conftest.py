@@ -10,6 +10,11 @@ import pytest
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('PYTHONUNBUFFERED', '1')
+# Planners (nodes and `wmc eval --no-ros`) search eagerly in tests: compiling at every one of
+# their many starts, on as many tiny models, would take minutes. torch's own switch, read when
+# torch is imported (here, before any test imports it; child nodes inherit it). The compiled
+# search is tested in test_compiled_search.py, which turns it back on.
+os.environ['TORCH_COMPILE_DISABLE'] = '1'
 _counter = itertools.count()
 
 

@@ -120,6 +120,54 @@ def _randn(shape, generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
+def draw_noise(cfg: CEMConfig, latent_dim: int, generator=None, device="cpu"):
+    """All of one plan's sampling noise, in the order the search uses it (per iteration: the
+    candidates' (N, H, A), then the particles' (P, Z)): ((I, N, H, A), (I, P, Z))."""
+    N, H, P, A, Z = cfg.candidates, cfg.horizon, cfg.particles, cfg.action_dim, latent_dim
+    eps, z = [], []
+    for _ in range(cfg.iterations):
+        eps.append(_randn((N, H, A), generator, device))
+        z.append(_randn((P, Z), generator, device))
+    if not eps:
+        return torch.zeros(0, N, H, A, device=device), torch.zeros(0, P, Z, device=device)
+    return torch.stack(eps), torch.stack(z)
+
+
+def cem_search(rollout_rewards: RolloutRewards, mean, std, eps, z_noise, mu, sigma, low, high,
+               min_std, discount, top_k: int, correlation: float):
+    """The CEM iterations on pre-drawn noise (``draw_noise``): (mean, std, predicted return).
+
+    No generator and no Python-side state: this is what ``CEMPlanner.compile`` hands to
+    torch.compile (the whole search, all iterations, is one graph)."""
+    N, H, A = eps.shape[1:]
+    P, Z = z_noise.shape[1:]
+    predicted_return = torch.full((), float("nan"), device=mean.device)
+    for i in range(eps.shape[0]):
+        e = eps[i]
+        if correlation > 0:
+            c = correlation
+            steps = [e[:, 0]]
+            for k in range(1, H):        # eps_k = c eps_{k-1} + sqrt(1 - c^2) xi_k
+                steps.append(c * steps[-1] + (1 - c * c) ** 0.5 * e[:, k])
+            e = torch.stack(steps, 1)
+        actions = torch.clamp(mean + std * e, low, high)  # (N, H, A)
+        # The same P particles for every candidate (common random numbers): candidates
+        # are ranked on their actions, not on which latent draws they happened to get.
+        z0 = mu + sigma * z_noise[i]  # (P, Z)
+        z0_rows = z0.expand(N, P, Z).reshape(N * P, Z)  # (M, Z)
+        action_rows = actions.unsqueeze(1).expand(N, P, H, A).reshape(N * P, H, A)  # (M, H, A)
+
+        rewards = rollout_rewards(z0_rows, action_rows)  # (M, H)
+        returns = (rewards.reshape(N, P, H).float() * discount).sum(-1).mean(1)  # (N,)
+
+        top_returns, top_idx = torch.topk(returns, top_k)  # (K,)
+        elites = actions[top_idx]  # (K, H, A)
+        mean = elites.mean(0)  # (H, A)
+        std = torch.maximum(elites.std(0, unbiased=False), min_std)  # (H, A)
+        predicted_return = top_returns.mean()  # stays a tensor: no device sync per iteration
+    return mean, std, predicted_return
+
+
 @torch.no_grad()
 def cem_plan(
     rollout_rewards: RolloutRewards,
@@ -128,20 +176,21 @@ def cem_plan(
     cfg: CEMConfig,
     init_mean: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    search=cem_search,
 ) -> CEMResult:
     """Maximise E[sum_k gamma^k r(z_{t+k})] over an action sequence with CEM.
 
     belief_mean, belief_std: (Z,) diagonal Gaussian q(z_t). init_mean: (H, A) warm start
     (default: middle of the action box). One rollout_rewards call per iteration with
-    M = N*P rows: every candidate under every particle, batched.
+    M = N*P rows: every candidate under every particle, batched. ``search``: ``cem_search``
+    or a compiled one (``CEMPlanner.compile``), called with this plan's tensors.
     """
     device = resolve_device(cfg.device)
-    N, H, K, P, A = cfg.candidates, cfg.horizon, cfg.top_k, cfg.particles, cfg.action_dim
+    H, A = cfg.horizon, cfg.action_dim
     low = torch.tensor(cfg.action_low, device=device)  # (A,)
     high = torch.tensor(cfg.action_high, device=device)  # (A,)
     mu = belief_mean.to(device=device, dtype=torch.float32).reshape(-1)  # (Z,)
     sigma = belief_std.to(device=device, dtype=torch.float32).reshape(-1)  # (Z,)
-    Z = mu.shape[0]
 
     if init_mean is None:
         mean = ((low + high) / 2).expand(H, A).clone()  # (H, A)
@@ -149,33 +198,13 @@ def cem_plan(
         mean = init_mean.to(device=device, dtype=torch.float32).reshape(H, A)
         mean = torch.clamp(mean, low, high)
     std = torch.as_tensor(cfg.init_std, dtype=torch.float32, device=device).expand(H, A)
+    std = std.contiguous()
     min_std = torch.as_tensor(cfg.min_std, dtype=torch.float32, device=device)  # () or (A,)
     discount = cfg.gamma ** torch.arange(1, H + 1, device=device, dtype=torch.float32)  # (H,)
-
-    predicted_return = float("nan")
-    for _ in range(cfg.iterations):
-        eps = _randn((N, H, A), generator, device)
-        if cfg.noise_correlation > 0:
-            c = cfg.noise_correlation
-            steps = [eps[:, 0]]
-            for k in range(1, H):        # eps_k = c eps_{k-1} + sqrt(1 - c^2) xi_k
-                steps.append(c * steps[-1] + (1 - c * c) ** 0.5 * eps[:, k])
-            eps = torch.stack(steps, 1)
-        actions = torch.clamp(mean + std * eps, low, high)  # (N, H, A)
-        # The same P particles for every candidate (common random numbers): candidates
-        # are ranked on their actions, not on which latent draws they happened to get.
-        z0 = mu + sigma * _randn((P, Z), generator, device)  # (P, Z)
-        z0_rows = z0.expand(N, P, Z).reshape(N * P, Z)  # (M, Z)
-        action_rows = actions.unsqueeze(1).expand(N, P, H, A).reshape(N * P, H, A)  # (M, H, A)
-
-        rewards = rollout_rewards(z0_rows, action_rows)  # (M, H)
-        returns = (rewards.reshape(N, P, H).float() * discount).sum(-1).mean(1)  # (N,)
-
-        top_returns, top_idx = torch.topk(returns, K)  # (K,)
-        elites = actions[top_idx]  # (K, H, A)
-        mean = elites.mean(0)  # (H, A)
-        std = torch.maximum(elites.std(0, unbiased=False), min_std)  # (H, A)
-        predicted_return = top_returns.mean()  # stays a tensor: no device sync per iteration
+    eps, z_noise = draw_noise(cfg, mu.shape[0], generator, device)
+    mean, std, predicted_return = search(
+        rollout_rewards, mean, std, eps, z_noise, mu, sigma, low, high, min_std, discount,
+        cfg.top_k, cfg.noise_correlation)
 
     return CEMResult(
         action=torch.clamp(mean[0], low, high),
@@ -194,13 +223,17 @@ class CEMPlanner:
         self.device = resolve_device(self.cfg.device)
         self.generator = generator
         self.prev_plan: Optional[torch.Tensor] = None  # (H, A) plan_mean of the last call
+        self.compiled = None    # (rollout_rewards, compiled search) after a successful compile
 
     def plan(self, rollout_rewards: RolloutRewards, belief_mean, belief_std) -> CEMResult:
         init = None
         if self.cfg.warm_start and self.prev_plan is not None:
             init = shift_plan(self.prev_plan, self.cfg.action_dim)  # (H, A)
+        search = cem_search
+        if self.compiled is not None and self.compiled[0] is rollout_rewards:
+            search = self.compiled[1]
         result = cem_plan(rollout_rewards, belief_mean, belief_std, self.cfg,
-                          init_mean=init, generator=self.generator)
+                          init_mean=init, generator=self.generator, search=search)
         self.prev_plan = result.plan_mean
         return result
 
@@ -213,3 +246,57 @@ class CEMPlanner:
             if self.generator is None:
                 self.generator = torch.Generator()
             self.generator.manual_seed(int(seed))
+
+    @torch.no_grad()
+    def compile(self, rollout_rewards: RolloutRewards, latent_dim: int,
+                atol: float = 1e-3) -> str:
+        """Compile the whole search (all iterations) over ``rollout_rewards`` with
+        torch.compile: inductor kernels on CPU, and on cuda also CUDA graphs (mode
+        'reduce-overhead': the plan is replayed, not launched kernel by kernel). Plans with
+        this ``rollout_rewards`` (the same object) then use it; others stay eager.
+
+        Checked before use: one plan from a standard-normal belief, compiled and eager on the
+        same noise, must agree within ``atol``. Anything that fails (no C compiler, an
+        unsupported op, a mismatch, ``TORCH_COMPILE_DISABLE=1``) keeps the eager search.
+        Compiled code is cached on disk (``compile_cache_dir``): a restart with the same model
+        and budget loads it instead of compiling again. Returns one line for the log."""
+        import time
+        compile_cache_dir()             # before torch's compile stack reads where its cache is
+        if torch._dynamo.config.disable:
+            return "eager search: compiling is disabled (TORCH_COMPILE_DISABLE=1)"
+        t0 = time.perf_counter()
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        cfg = self.cfg
+        mu = torch.zeros(latent_dim, device=self.device)
+        sigma = torch.ones(latent_dim, device=self.device)
+        try:
+            def bound(_rollout, *args):
+                return cem_search(rollout_rewards, *args)
+            search = torch.compile(bound, fullgraph=True, dynamic=False, mode=mode)
+            seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+            eager = cem_plan(rollout_rewards, mu, sigma, cfg, generator=seeded())
+            for _ in range(2):   # compiles; on cuda the second call records the graph
+                fast = cem_plan(rollout_rewards, mu, sigma, cfg, generator=seeded(),
+                                search=search)
+        except Exception as e:  # noqa: BLE001 - any failure means: stay eager
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            return f"eager search: compiling failed ({type(e).__name__}: {why})"
+        gap = float((fast.plan_mean - eager.plan_mean).abs().max())
+        if not gap <= atol:
+            return (f"eager search: the compiled search disagrees with it (plan differs by "
+                    f"{gap:.2g} > {atol:g})")
+        self.compiled = (rollout_rewards, search)
+        return (f"compiled search ({'inductor + CUDA graphs' if mode != 'default' else 'inductor'}"
+                f", {cfg.candidates} x {cfg.horizon} x {cfg.iterations} x {cfg.particles}) in "
+                f"{time.perf_counter() - t0:.1f} s; matches eager within {gap:.1g}")
+
+
+def compile_cache_dir() -> str:
+    """Where torch.compile keeps compiled code (TORCHINDUCTOR_CACHE_DIR if set, else
+    ~/.cache/world_model_ctrl/torch_compile): kept across reboots, unlike torch's /tmp
+    default, so a planner restart finds it."""
+    import os
+    from pathlib import Path
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                                 str(default / "world_model_ctrl" / "torch_compile"))

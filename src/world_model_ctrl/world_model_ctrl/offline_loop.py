@@ -56,6 +56,9 @@ class Agent:
         self.sample = bool(self.params.get('sample_transitions', False))
         self.rollout = lambda z0, a: self.model.imagine_rewards(z0, a, sample=self.sample)
         self.goal_head = None
+        self.goal = None                # goal_image: the goal embedding, updated in place
+        self.compile = bool(self.params.get('compile', True))
+        self.search = 'eager search (compile: false)'     # what planned: the log line
         self.plan_ms: list[float] = []
         self.reset()
 
@@ -66,7 +69,10 @@ class Agent:
         if self.goal_head is None:
             self.goal_head = GoalHead.from_model(self.model, self.path)
         g = goal_embedding(self.model, self.goal_head, image[None])[0]
-        self.rollout = goal_scores(self.model, self.goal_head, g, sample=self.sample)
+        if self.goal is None:       # one score function for every goal: compiled once
+            self.goal = g.clone()
+            self.rollout = goal_scores(self.model, self.goal_head, self.goal, sample=self.sample)
+        self.goal.copy_(g)
 
     def reset(self, episode: int | None = None) -> None:
         """A new episode: no filter state, no command yet, no warm start; with the sim's
@@ -79,6 +85,9 @@ class Agent:
     @torch.no_grad()
     def act(self, frame: np.ndarray) -> np.ndarray:
         self.h, mean, std = self.model.step(self.h, images_to_tensor(frame[None]), self.last)
+        if self.compile and (self.planner.compiled is None
+                             or self.planner.compiled[0] is not self.rollout):
+            self.search = self.planner.compile(self.rollout, self.model.config.latent_dim)
         t0 = time.perf_counter()
         action = self.planner.plan(self.rollout, mean[0], std[0]).action
         self.plan_ms.append((time.perf_counter() - t0) * 1e3)
@@ -153,7 +162,7 @@ def run_offline(ckpt=None, episodes: int = 20, seed: int = 0, max_steps: int = 1
     summary = {
         'episodes': episodes, 'seed': seed, 'max_steps': max_steps, 'mode': 'lockstep-no-ros',
         'device': 'cpu', 'world': world, 'checkpoint': str(ckpt or 'shipped'),
-        'planner_overrides': dict(overrides or {}),
+        'planner_overrides': dict(overrides or {}), 'search': agent.search,
         'objective': 'goal_image' if goal_image else 'reward',
         'success_rate': float(np.mean([r['success'] for r in results])),
         'mean_steps': float(np.mean(ok)) if ok else None,

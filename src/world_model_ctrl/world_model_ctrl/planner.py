@@ -153,6 +153,8 @@ class PlannerNode(Node):
         # topic, the planner/set_goal_from_current_view service or goal_image_file)
         self.declare_parameter('objective', 'reward')
         self.declare_parameter('goal_image_file', '')
+        # torch.compile the CEM search at start-up (cached on disk; eager if it cannot)
+        self.declare_parameter('compile', True)
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
@@ -204,14 +206,19 @@ class PlannerNode(Node):
         z = self.model.config.latent_dim
         if self.objective == 'goal_image':
             self.goal_head = GoalHead.from_model(self.model, ckpt)   # refused if none
-            self.rollout = goal_scores(self.model, self.goal_head,
-                                       torch.zeros(self.goal_head.config.embed_dim,
-                                                   device=self.device), sample)
+            # one score function for every goal (the goal is copied into its tensor), so the
+            # search is compiled once
+            self.goal_buffer = torch.zeros(self.goal_head.config.embed_dim, device=self.device)
+            self.rollout = goal_scores(self.model, self.goal_head, self.goal_buffer, sample)
         goal_file = p('goal_image_file').value
         # a bad file stops the node here, not later
         goal_rgb = (read_goal_file(goal_file, self.model.config.image_size)
                     if goal_file and self.objective == 'goal_image' else None)
-        # One plan now, so the first real one is not slowed by torch's lazy set-up.
+        # The search compiled (or why not) before any subscription exists: no command waits
+        # for it. Then one plan, so the first real one is not slowed by torch's lazy set-up.
+        self.search = (self.cem.compile(self.rollout, z) if p('compile').value
+                       else 'eager search (compile: false)')
+        self.get_logger().info(self.search)
         with torch.no_grad():
             self.cem.plan(self.rollout, torch.zeros(z), torch.ones(z))
         self.cem.reset()
@@ -320,7 +327,7 @@ class PlannerNode(Node):
         if not torch.all(torch.isfinite(goal)):
             raise ValueError('the goal embeds to non-finite values')
         self.goal, self.goal_source = goal, source
-        self.rollout = goal_scores(self.model, self.goal_head, goal, self.sample)
+        self.goal_buffer.copy_(goal)
         self.reset_plan = True              # the last plan aimed elsewhere
         self.counts['goals_set'] += 1
         self.get_logger().info(f'goal set from {source}')
@@ -500,7 +507,7 @@ class PlannerNode(Node):
         self.diag.publish(WARN if reason else OK, f'holding zero: {reason}' if reason
                           else 'planning', {**self.counts, 'plan_ms': self.plan_ms,
                                             'belief_age_s': age, 'holding': reason or 'no',
-                                            'objective': self.objective,
+                                            'objective': self.objective, 'search': self.search,
                                             'goal': self.goal_source or 'none'})
 
     def stop_robot(self):
