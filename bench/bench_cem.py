@@ -6,7 +6,9 @@
 The model is an MLP transition + reward head the size of the project's latent model
 (latent 32, hidden 200), so the timings are real compute, not planner bookkeeping alone.
 Both planners run the same N x H x I x top-k with one particle; ours is also timed with
-the config's particles. Ratio = ours / torchrl (below 1: ours is faster).
+the config's particles, and compiled as the planner node runs it (``CEMPlanner.compile``:
+the whole search through torch.compile; on cuda with CUDA graphs). Ratio = ours / torchrl
+(below 1: ours is faster).
 """
 
 import argparse
@@ -20,9 +22,10 @@ from torch import nn
 
 from machine import cpu_name, machine_info, write_report  # bench/ is the script's folder
 
-from world_model_ctrl.cem import CEMConfig, cem_plan, resolve_device
+from world_model_ctrl.cem import CEMConfig, CEMPlanner, cem_plan, resolve_device
 
 LATENT, HIDDEN, ACTION = 32, 200, 2
+NODE = (240, 10, 3, 12)   # the planner node's N, H, I, top-k (config/control.yaml)
 
 
 class StandInModel(nn.Module):
@@ -117,7 +120,7 @@ def device_name(device):
     return cpu_name()
 
 
-def bench_device(device, configs, warmup, runs):
+def bench_device(device, configs, warmup, runs, compiled=True):
     torch.manual_seed(0)
     model = StandInModel().to(device).eval()
     belief_mean = torch.zeros(LATENT, device=device)
@@ -134,6 +137,15 @@ def bench_device(device, configs, warmup, runs):
             "ours_1_particle_ms": lambda: cem_plan(
                 model.rollout_rewards, belief_mean, belief_std, one),
         }
+        if compiled:
+            # the planner node's path: the whole search compiled (CEMPlanner.compile), plans
+            # warm-started from the last one as in the node
+            cem = CEMPlanner(one)
+            row["compile"] = cem.compile(model.rollout_rewards, LATENT)
+            print(row["compile"], flush=True)
+            if cem.compiled is not None:
+                fns["ours_compiled_1_particle_ms"] = lambda: cem.plan(
+                    model.rollout_rewards, belief_mean, belief_std)
         try:
             planner = make_torchrl_planner(model, one, device)
         except ImportError as e:
@@ -150,6 +162,9 @@ def bench_device(device, configs, warmup, runs):
         if "torchrl_ms" in row:
             row["ratio_ours_over_torchrl"] = round(
                 row["ours_1_particle_ms"]["p50"] / row["torchrl_ms"]["p50"], 3)
+            if "ours_compiled_1_particle_ms" in row:
+                row["ratio_compiled_over_torchrl"] = round(
+                    row["ours_compiled_1_particle_ms"]["p50"] / row["torchrl_ms"]["p50"], 3)
         rows.append(row)
         print(json.dumps(row))
     return rows
@@ -162,6 +177,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--devices", default="cpu,cuda", help="those available are run")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip the compiled search (torch.compile, 20-60 s per budget)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -170,6 +187,9 @@ def main():
         "1000x12x10": CEMConfig(candidates=1000, horizon=12, iterations=10, top_k=100,
                                 particles=default.particles),
         "default": default,
+        # the planner node's default budget (config/control.yaml)
+        "node": CEMConfig(candidates=NODE[0], horizon=NODE[1], iterations=NODE[2],
+                          top_k=NODE[3], noise_correlation=0.7, particles=1),
     }
     devices = [d for d in args.devices.split(",")
                if d == "cpu" or (d.startswith("cuda") and torch.cuda.is_available())]
@@ -182,7 +202,8 @@ def main():
 
     results = []
     for d in devices:
-        results += bench_device(resolve_device(d), configs, args.warmup, args.runs)
+        results += bench_device(resolve_device(d), configs, args.warmup, args.runs,
+                                not args.no_compile)
     report = {
         "benchmark": "cem_plan vs torchrl.modules.planners.CEMPlanner",
         "machine": {**machine_info(), "torchrl": torchrl_version},

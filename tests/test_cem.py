@@ -235,3 +235,21 @@ def test_noise_correlation_samples_ar1_sequences_with_unit_step_variance():
     assert abs(torch.corrcoef(torch.stack([w[:, 0], w[:, 1]]))[0, 1].item()) < 0.05
     with pytest.raises(ValueError, match='noise_correlation'):
         cfg(noise_correlation=1.0)
+
+
+def test_cuda_budget_applies_on_cuda_devices_only():
+    """config/control.yaml's cuda_budget (PlaNet-sized) replaces N, H, I, K on a cuda device;
+    the CPU keeps its own. No GPU needed: the configuration only."""
+    import numpy as np
+
+    from world_model_ctrl.offline_loop import planner_params
+    from world_model_ctrl.planner import cem_config
+    params = planner_params(None, 'overhead')
+    high = np.array([0.5, 0.5])
+    cpu, gpu = cem_config(params, high, 'cpu'), cem_config(params, high, 'cuda')
+    assert (gpu.candidates, gpu.horizon, gpu.iterations, gpu.top_k) == (1000, 12, 10, 100)
+    assert (cpu.candidates, cpu.horizon, cpu.iterations, cpu.top_k) == \
+        tuple(params[k] for k in ('candidates', 'horizon', 'iterations', 'top_k'))
+    assert gpu.noise_correlation == cpu.noise_correlation and gpu.device == 'cuda'
+    with pytest.raises(ValueError, match='cuda_budget'):
+        cem_config({**params, 'cuda_budget': [1000, 12, 10]}, high, 'cuda:0')

@@ -58,7 +58,7 @@ def test_compiled_search_plans_as_the_eager_one_with_the_shipped_model(compiling
     eager = _planner(model)
     fast = _planner(model)
     line = fast.compile(rollout, z)
-    assert line.startswith('compiled search (inductor, 120 x 10 x 3 x 1)'), line
+    assert line.startswith('compiled search (inductor, 240 x 10 x 3 x 1)'), line
     assert fast.compiled[0] is rollout
     # six warm-started plans in a row (the shifted plan feeds the next): the same plans
     np.testing.assert_allclose(_plans(fast, rollout, beliefs), _plans(eager, rollout, beliefs),

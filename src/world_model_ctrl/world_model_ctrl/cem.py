@@ -205,6 +205,8 @@ def cem_plan(
     mean, std, predicted_return = search(
         rollout_rewards, mean, std, eps, z_noise, mu, sigma, low, high, min_std, discount,
         cfg.top_k, cfg.noise_correlation)
+    # a CUDA-graph replay reuses its output memory: the plan must outlive the next one
+    mean, std = mean.clone(), std.clone()
 
     return CEMResult(
         action=torch.clamp(mean[0], low, high),

@@ -49,22 +49,34 @@ from world_model_ctrl.views import ImageView, imagined
 
 # Defaults = config/control.yaml: chosen so planning fits the 100 ms control period on 2 CPU
 # cores with the sim and belief running (docs/benchmarks.md).
-CEM_PARAMS = {'candidates': 120, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'gamma': 0.99,
+CEM_PARAMS = {'candidates': 240, 'horizon': 10, 'iterations': 3, 'top_k': 12, 'gamma': 0.99,
               'particles': 1, 'init_std': 0.3, 'min_std': 0.05, 'noise_correlation': 0.0}
 
 
 
-def cem_planner(params: dict, high, device: str) -> CEMPlanner:
-    """CEM configured from planner parameters (``CEM_PARAMS``, ``relative_std``, ``seed``;
-    other keys are ignored) within +-``high``, as the planner node and `wmc eval --no-ros` run
-    it. ``relative_std``: init_std and min_std are fractions of each field's limit."""
+def cem_config(params: dict, high, device: str) -> CEMConfig:
+    """CEM configured from planner parameters (``CEM_PARAMS``, ``relative_std``; on a cuda
+    ``device`` N, H, I and K from ``cuda_budget`` when set; other keys are ignored) within
+    +-``high``, as the planner node and `wmc eval --no-ros` run it. ``relative_std``:
+    init_std and min_std are fractions of each field's limit."""
     cem = {k: params.get(k, v) for k, v in CEM_PARAMS.items()}
+    budget = list(params.get('cuda_budget') or [])
+    if budget and torch.device(device).type == 'cuda':   # a GPU affords PlaNet's search
+        if len(budget) != 4 or not all(int(v) == v and v >= 1 for v in budget):
+            raise ValueError(f'cuda_budget must be [candidates, horizon, iterations, top_k], '
+                             f'positive integers, got {budget}')
+        cem.update(zip(('candidates', 'horizon', 'iterations', 'top_k'), map(int, budget)))
     if params.get('relative_std', False):   # m/s and rad/s alike
         for k in ('init_std', 'min_std'):
             cem[k] = tuple(float(cem[k] * h) for h in high)
-    cfg = CEMConfig(**cem, device=device, action_low=tuple(-h for h in high),
-                    action_high=tuple(high))
-    return CEMPlanner(cfg, generator=torch.Generator().manual_seed(int(params.get('seed', 0))))
+    return CEMConfig(**cem, device=device, action_low=tuple(-h for h in high),
+                     action_high=tuple(high))
+
+
+def cem_planner(params: dict, high, device: str) -> CEMPlanner:
+    """``cem_config``'s CEM, its generator seeded from ``seed``."""
+    return CEMPlanner(cem_config(params, high, device),
+                      generator=torch.Generator().manual_seed(int(params.get('seed', 0))))
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -155,6 +167,8 @@ class PlannerNode(Node):
         self.declare_parameter('goal_image_file', '')
         # torch.compile the CEM search at start-up (cached on disk; eager if it cannot)
         self.declare_parameter('compile', True)
+        # on a cuda device: [candidates, horizon, iterations, top_k] instead of those above
+        self.declare_parameter('cuda_budget', [1000, 12, 10, 100])
         for k, v in CEM_PARAMS.items():
             self.declare_parameter(k, v)
         p = self.get_parameter
@@ -181,7 +195,8 @@ class PlannerNode(Node):
             limits = []
         self.high = resolve_limits(self.fields, limits, spec, ckpt)
         self.low = -self.high
-        self.cem = cem_planner({k: p(k).value for k in (*CEM_PARAMS, 'relative_std', 'seed')},
+        self.cem = cem_planner({k: p(k).value for k in (*CEM_PARAMS, 'relative_std', 'seed',
+                                                          'cuda_budget')},
                                self.high, str(self.device))
         self.timeout = p('belief_timeout').value
         self.noise = float(p('exploration_noise').value)
