@@ -272,6 +272,12 @@ class CEMPlanner:
         mu = torch.zeros(latent_dim, device=self.device)
         sigma = torch.ones(latent_dim, device=self.device)
         try:
+            # Compile in this process: inductor's pool of compile workers would share the
+            # node's process group, so a Ctrl-C during start-up would kill them and leave the
+            # compile (and the node's shutdown) waiting on them.
+            from torch._inductor import config as inductor_config
+            inductor_config.compile_threads = 1
+
             def bound(_rollout, *args):
                 return cem_search(rollout_rewards, *args)
             search = torch.compile(bound, fullgraph=True, dynamic=False, mode=mode)

@@ -22,12 +22,26 @@ from rclpy.signals import SignalHandlerOptions
 EXIT_BAD_CONFIG = 2
 
 
-def init_owning_signals(args=None) -> threading.Event:
+class StartInterrupted(BaseException):
+    """SIGINT/SIGTERM while the node was still being built: the start is abandoned."""
+
+
+def init_owning_signals(args=None, starting: Optional[threading.Event] = None
+                        ) -> threading.Event:
     """rclpy.init without its signal handlers; SIGINT and SIGTERM (any number) set the event.
+    While ``starting`` is set, the first signal also raises StartInterrupted in the main
+    thread: a node busy starting (the planner compiling its search, up to a minute) stops
+    then and there instead of outliving its launcher's patience and being killed.
     Raises what rclpy.init raises (e.g. a params file with a YAML syntax error)."""
     stop = threading.Event()
+
+    def handler(*_):
+        stop.set()
+        if starting is not None and starting.is_set():
+            starting.clear()
+            raise StartInterrupted()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, handler)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return stop
 
@@ -43,19 +57,27 @@ def shutdown_keeping_signals() -> None:
 
 def run_node(node_cls, args=None, on_stop: Optional[Callable] = None) -> int:
     """Run ``node_cls()`` until SIGINT/SIGTERM; returns the process exit code."""
+    starting = threading.Event()
     try:
-        stop = init_owning_signals(args)
+        stop = init_owning_signals(args, starting)
     except Exception as e:
         print(f'[ERROR] cannot start: {_one_line(e)}', file=sys.stderr)
         return EXIT_BAD_CONFIG
     node = executor = None
     try:
         try:
+            starting.set()
             node = node_cls()
+            starting.clear()
+        except StartInterrupted:    # nothing was published yet: nothing to stop
+            print(f'[INFO] [{node_cls.__module__}]: stopped while starting', file=sys.stderr)
+            return 0
         except Exception as e:      # configuration errors: one clear line, no traceback
             print(f'[ERROR] [{node_cls.__module__}]: cannot start: {_one_line(e)}',
                   file=sys.stderr)
             return EXIT_BAD_CONFIG
+        finally:
+            starting.clear()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
