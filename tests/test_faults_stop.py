@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,11 @@ def test_wmc_up_sigterm_with_the_sim(tmp_path):
     proc, log = _wmc_up(['--params', str(_params_without_watchdog(tmp_path))], domain, tmp_path)
     try:
         probe.wait_moving(90, 'wmc up to drive the sim')
+        # `wmc up` says when the planner is up (after its start-up, the compile included)
+        deadline = time.monotonic() + 30
+        while 'wmc up: ready after' not in open(log.name).read():
+            assert time.monotonic() < deadline, 'no "wmc up: ready" line'
+            probe.spin(0.2)
         probe.spin(0.5)
         assert stop_process(proc, signal.SIGTERM, timeout=30) == 0
         probe.spin(1.0)
@@ -80,13 +86,13 @@ def test_wmc_up_sigterm_with_the_sim(tmp_path):
     log.flush()
     out = open(log.name).read()
     assert 'stopped: published zero velocity' in out
+    assert out.count('wmc up: ready after') == 1, out[-3000:]
     assert_clean_output(out)
 
 
 def test_every_node_survives_a_signal_storm_and_exits_0(tmp_path):
     """What launch + a terminal do: SIGINT from both, then launch's SIGTERM, spread over the
     node's teardown (a second signal used to kill it at interpreter exit with code 130)."""
-    import time
 
     from world_model_ctrl.procs import NodeSpec
     env = ros_env(unique_domain())
@@ -221,7 +227,6 @@ raise SystemExit(run_node(Crashy, on_stop=lambda n: print('ticks', n.ticks, flus
 
 
 def test_an_exception_in_a_callback_does_not_stop_the_node(tmp_path):
-    import time
     proc = subprocess.Popen([sys.executable, '-c', CRASHY_NODE], env=ros_env(unique_domain()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(4.0)                                     # start-up (1-3 s) + ticking

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -314,6 +315,32 @@ def cmd_demo(a) -> int:
     return 0
 
 
+class _ReadyWatch:
+    """`wmc up: ready` once the planner's outputs exist: it creates them after its start-up
+    (model loaded, search compiled), so from then on commands answer frames."""
+
+    def __init__(self, namespace: str):
+        import rclpy
+        from rclpy.signals import SignalHandlerOptions
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('wmc_up_watch', context=self.context,
+                                      start_parameter_services=False)
+        self.topic = (namespace.rstrip('/') + '/planner/plan_ms')
+        self.t0, self.ready = time.monotonic(), False
+
+    def check(self):
+        if not self.ready and self.node.count_publishers(self.topic) > 0:
+            self.ready = True
+            print(f'wmc up: ready after {time.monotonic() - self.t0:.1f} s (planner up, its '
+                  'search compiled or eager: see its log)', file=sys.stderr)
+
+    def close(self):
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
 def cmd_up(a) -> int:
     import signal
     import time
@@ -350,14 +377,19 @@ def cmd_up(a) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))
     group = NodeGroup(ros_env())
+    watch = None
     try:
         for pkg, exe, spec in graph:
             print(f'starting {pkg}/{exe}', file=sys.stderr)
             group.start(spec)
+        watch = _ReadyWatch(namespace)
         while not stop:
             group.check_alive()
+            watch.check()
             time.sleep(0.2)
     finally:
+        if watch is not None:
+            watch.close()
         codes = group.stop_all()
     failed = {name: rc for name, rc in codes.items() if rc != 0}
     if failed:
